@@ -1,0 +1,278 @@
+"""Native GM kernels vs the eager PyTorch reference vs torch.compile(reference).
+
+Prints, per shape and op, the median time of each implementation, the speed-up
+ratios against both baselines (measured in the same run: this is what to
+report, the machine is shared and noisy), the achieved bandwidth as a fraction
+of a same-device memcpy of the same bytes, and for forward+backward the peak
+memory allocated during the step. Writes everything as JSON.
+
+    python benchmarks/bench_ops.py                 # CPU, both shapes
+    python benchmarks/bench_ops.py --device cuda   # needs a GPU
+    python benchmarks/bench_ops.py --quick         # smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import gmflow
+from gmflow import info as gm_info
+from gmflow.reference import core as ref
+
+SHAPES = {
+    # name: (B, K, C, H, W)
+    "imagenet_latent": (8, 8, 4, 32, 32),
+    "toy_2d": (4096, 64, 2, 1, 1),
+}
+
+
+@dataclass
+class Case:
+    op: str
+    mode: str  # "fwd" or "fwd+bwd"
+    fns: dict  # impl name -> callable
+    bytes_moved: int
+
+
+def make_inputs(shape, device, dtype=torch.float32, seed=0):
+    B, K, C, H, W = shape
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def randn(*size):
+        return torch.randn(*size, generator=g, dtype=dtype).to(device)
+
+    means = randn(B, K, C, H, W)
+    logstds = randn(B, 1, 1, 1, 1) * 0.3 - 0.5
+    logweights = torch.log_softmax(randn(B, K, 1, H, W), dim=-4)
+    samples = randn(B, 1, C, H, W)
+    return means, logstds, logweights, samples
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def build_cases(shape, device) -> list[Case]:
+    means, logstds, logweights, samples = make_inputs(shape, device)
+    compiled = {
+        "logprob": torch.compile(ref.gm_logprob, fullgraph=True),
+        "mean": torch.compile(ref.gm_to_mean, fullgraph=True),
+        "iso": torch.compile(ref.gm_to_iso_gaussian, fullgraph=True),
+    }
+    logprob_impls = {
+        "native": torch.ops.gmflow.gm_logprob,
+        "eager": ref.gm_logprob,
+        "compile": compiled["logprob"],
+    }
+    cases = []
+    out_bytes = nbytes(samples) // samples.shape[-3]
+    cases.append(
+        Case(
+            "gm_logprob",
+            "fwd",
+            {k: (lambda f=f: f(means, logstds, logweights, samples)) for k, f in logprob_impls.items()},
+            nbytes(means, logstds, logweights, samples) + out_bytes,
+        )
+    )
+    # The training step: gradients for the GM (the target needs none).
+    leaves = [t.clone().requires_grad_() for t in (means, logstds, logweights)]
+
+    def fwd_bwd(f):
+        def step():
+            for t in leaves:
+                t.grad = None
+            f(*leaves, samples).sum().backward()
+
+        return step
+
+    cases.append(
+        Case(
+            "gm_logprob",
+            "fwd+bwd",
+            {k: fwd_bwd(f) for k, f in logprob_impls.items()},
+            2 * nbytes(means, logstds, logweights) + nbytes(samples) + 2 * out_bytes,
+        )
+    )
+    mean_impls = {"native": torch.ops.gmflow.gm_to_mean, "eager": ref.gm_to_mean, "compile": compiled["mean"]}
+    cases.append(
+        Case(
+            "gm_to_mean",
+            "fwd",
+            {k: (lambda f=f: f(means, logweights, 1.0)) for k, f in mean_impls.items()},
+            nbytes(means, logweights) + nbytes(samples),
+        )
+    )
+    iso_impls = {
+        "native": torch.ops.gmflow.gm_to_iso_gaussian,
+        "eager": ref.gm_to_iso_gaussian,
+        "compile": compiled["iso"],
+    }
+    cases.append(
+        Case(
+            "gm_to_iso_gaussian",
+            "fwd",
+            {k: (lambda f=f: f(means, logstds, logweights)) for k, f in iso_impls.items()},
+            nbytes(means, logstds, logweights) + nbytes(samples) + out_bytes,
+        )
+    )
+    return cases
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device, min_time: float, warmup: int) -> float:
+    """Median seconds per call, repeating until min_time has elapsed (at least 5 calls)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < min_time:
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(fn, device) -> int:
+    """Peak bytes allocated while running fn once (beyond what was allocated before)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def memcpy_time(num_bytes: int, device, min_time: float) -> float:
+    src = torch.empty(max(num_bytes // 4, 1), dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    return median_time(lambda: dst.copy_(src), device, min_time, warmup=3)
+
+
+def run(device: str, shapes: list[str], min_time: float, warmup: int) -> dict:
+    results = {
+        "device": device,
+        "machine": machine_name(device),
+        "torch": torch.__version__,
+        "gmflow": gmflow.__version__,
+        "threads": torch.get_num_threads(),
+        "backends": {name: row for name, row in gm_info.backend_table().items()},
+        "rows": [],
+    }
+    for shape_name in shapes:
+        shape = SHAPES[shape_name]
+        for case in build_cases(shape, device):
+            times = {impl: median_time(fn, device, min_time, warmup) for impl, fn in case.fns.items()}
+            row = {
+                "shape": shape_name,
+                "BKCHW": list(shape),
+                "op": case.op,
+                "mode": case.mode,
+                "ms": {k: v * 1e3 for k, v in times.items()},
+                "speedup_vs_eager": times["eager"] / times["native"],
+                "speedup_vs_compile": times["compile"] / times["native"],
+                "bytes": case.bytes_moved,
+                "native_GBps": case.bytes_moved / times["native"] / 1e9,
+                "fraction_of_memcpy": memcpy_time(case.bytes_moved // 2, device, min_time) / times["native"],
+            }
+            if case.mode == "fwd+bwd":
+                peaks = {impl: peak_memory(case.fns[impl], device) for impl in ("native", "eager")}
+                row["peak_bytes"] = peaks
+                row["peak_ratio_native_over_eager"] = peaks["native"] / max(peaks["eager"], 1)
+            results["rows"].append(row)
+            print_row(row)
+    return results
+
+
+HEADER = (
+    f"{'shape':<16} {'op':<19} {'mode':<8} {'native ms':>10} {'eager ms':>9} {'compile ms':>10} "
+    f"{'x eager':>8} {'x compile':>9} {'GB/s':>7} {'memcpy%':>8}  peak mem native/eager"
+)
+
+
+def print_row(row):
+    ms = row["ms"]
+    line = (
+        f"{row['shape']:<16} {row['op']:<19} {row['mode']:<8} {ms['native']:>10.3f} {ms['eager']:>9.3f} "
+        f"{ms['compile']:>10.3f} {row['speedup_vs_eager']:>8.1f} {row['speedup_vs_compile']:>9.1f} "
+        f"{row['native_GBps']:>7.2f} {100 * row['fraction_of_memcpy']:>7.0f}%"
+    )
+    if "peak_bytes" in row:
+        p = row["peak_bytes"]
+        line += f"  {p['native'] / 2**20:.2f}/{p['eager'] / 2**20:.2f} MiB = {row['peak_ratio_native_over_eager']:.2f}"
+    print(line, flush=True)
+
+
+def machine_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name().replace(" ", "-")
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu-{os.cpu_count()}core-" + "-".join(model.split()).replace("/", "-")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per measurement")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="short smoke run (CI)")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<machine>/bench_ops.json)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device available", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.min_time, args.warmup = 0.05, 2
+    print(f"gmflow {gmflow.__version__}, torch {torch.__version__}, device {machine_name(args.device)}, "
+          f"{torch.get_num_threads()} threads")
+    print(HEADER)
+    results = run(args.device, args.shapes, args.min_time, args.warmup)
+    out = args.out or Path(__file__).parent / "results" / results["machine"] / "bench_ops.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,282 @@
+// CPU kernels of gm_logprob and its backward (torch-free).
+//
+// One pass over the K components of each pixel with an online logsumexp, so no
+// (N, K, C, H, W) tensor ever exists. See gm_pixel.h for the two loop orders.
+//
+// Backward, per pixel, with r_nk = exp(a_nk - logprob_n) * grad_n and z = (x - mu) / s:
+//   d/dlogweight_k = sum_n r_nk
+//   d/dmean_kc     = sum_n r_nk z_nkc / s_k,      d/dsample_nc = -sum_k r_nk z_nkc / s_k
+//   d/dlogstd_k    = sum_n r_nk (|z_nk|^2 - C)    (summed over k as well for a shared std)
+#include <algorithm>
+
+#include "gm_pixel.h"
+
+namespace gmflow {
+namespace cpu {
+namespace GMFLOW_CPU_ISA {
+namespace {
+
+// Stores v into dst, or adds it when `accumulate`.
+template <typename T, typename A>
+GMFLOW_ALWAYS_INLINE void put(T* dst, A v, bool accumulate) {
+  store_acc(dst, accumulate ? load_acc(dst) + v : v);
+}
+
+// ------------------------------------------------------------------ forward
+
+template <typename T>
+GMFLOW_FLATTEN void logprob_range(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t P = gm.P;
+  for_each_pixel_run(prm.layout, prm.N, P, begin, end, [&](int64_t b, int64_t n, int64_t p_begin, int64_t p_end,
+                                                           const int64_t(&off)[4]) {
+    const BatchGm<T> g = BatchGm<T>::at(gm, off);
+    const T* x_row = prm.samples + off[kSamples] + n * prm.samples_sn;
+    T* out = prm.logprob + (b * prm.N + n) * P;
+    if (P >= kMinTilePixels) {
+      for_each_tile(p_begin, p_end, [&]<int kWidth>(int64_t p0, int64_t count) {
+        A log_std[kTile], inv_std[kTile], a[kTile], max_value[kTile], sum[kTile];
+        for (int64_t v = 0; v < kTile; ++v) {
+          max_value[v] = neg_infinity<A>();
+          sum[v] = A(0);
+        }
+        for (int64_t k = 0; k < gm.K; ++k) {
+          tile_component_prior<kWidth>(gm, g, p0, count, k, log_std, inv_std, a);
+          tile_subtract_quadratic<kWidth>(gm, g, p0, count, k, x_row + p0, prm.samples_sc, inv_std, a);
+          tile_lse_push<kWidth>(count, a, max_value, sum);
+        }
+        for (int64_t v = 0; v < count; ++v) store_acc(out + p0 + v, lse_result(max_value[v], sum[v]));
+      });
+    } else {
+      dispatch_packed_channels(gm.C, packed_means(gm), [&]<int kC>() {
+        A log_std[kBlock], inv_std[kBlock], a[kBlock];
+        for (int64_t p = p_begin; p < p_end; ++p) {
+          OnlineLogSumExp<A> lse;
+          for (int64_t k0 = 0; k0 < gm.K; k0 += kBlock) {
+            const int64_t count = std::min(kBlock, gm.K - k0);
+            packed_component_log_densities<kC>(gm, g, p, x_row + p, prm.samples_sc, k0, count, log_std, inv_std, a);
+            A block_max, block_sum;
+            block_logsumexp(a, count, block_max, block_sum);
+            lse.merge(block_max, block_sum);
+          }
+          store_acc(out + p, lse.result());
+        }
+      });
+    }
+  });
+}
+
+// ------------------------------------------------------------------ backward
+
+// Where the gradients of one batch index go (null: not requested).
+template <typename T>
+struct GradRows {
+  T* means;     // + (k * C + c) * P + p
+  T* logstds;   // + k * P + p (per-component) or p (shared)
+  T* weights;   // + k * P + p
+  T* samples;   // + (n * C + c) * P + p
+};
+
+template <typename T>
+GMFLOW_ALWAYS_INLINE GradRows<T> grad_rows(const GmLogprobBackwardParams<T>& prm, int64_t b) {
+  const GmOperands<T>& gm = prm.fwd.gm;
+  const int64_t K = gm.K, C = gm.C, P = gm.P, N = prm.fwd.N;
+  return GradRows<T>{prm.grad_means ? prm.grad_means + b * K * C * P : nullptr,
+                     prm.grad_logstds ? prm.grad_logstds + b * gm.logstds_k * P : nullptr,
+                     prm.grad_logweights ? prm.grad_logweights + b * K * P : nullptr,
+                     prm.grad_samples ? prm.grad_samples + b * N * C * P : nullptr};
+}
+
+// Zero gradients of the GM parameters of pixels [p0, p0+count) (N == 0: nothing to sum).
+template <typename T>
+void zero_gm_grads(const GradRows<T>& out, const GmOperands<T>& gm, int64_t p0, int64_t count) {
+  using A = acc_t<T>;
+  for (int64_t v = p0; v < p0 + count; ++v) {
+    for (int64_t k = 0; k < gm.K; ++k) {
+      if (out.weights) store_acc(out.weights + k * gm.P + v, A(0));
+      for (int64_t c = 0; c < gm.C && out.means; ++c) store_acc(out.means + (k * gm.C + c) * gm.P + v, A(0));
+    }
+    for (int64_t k = 0; k < gm.logstds_k && out.logstds; ++k) store_acc(out.logstds + k * gm.P + v, A(0));
+  }
+}
+
+template <int kWidth, typename T>
+GMFLOW_ALWAYS_INLINE void logprob_backward_tile(const GmLogprobBackwardParams<T>& prm, const BatchGm<T>& g,
+                                                const GradRows<T>& out, const int64_t (&off)[4], int64_t b, int64_t p0,
+                                                int64_t count) {
+  using A = acc_t<T>;
+  const GmLogprobParams<T>& fwd = prm.fwd;
+  const GmOperands<T>& gm = fwd.gm;
+  const int64_t N = fwd.N, C = gm.C, P = gm.P;
+  const int64_t n_v = kWidth > 0 ? kWidth : count;
+  const bool shared_std = gm.logstds_k == 1;
+  A log_std[kTile], inv_std[kTile], a[kTile], r[kTile], zsq[kTile], lse[kTile], grad[kTile], w[kTile];
+  A g_ls_shared[kTile];
+  for (int64_t v = 0; v < kTile; ++v) g_ls_shared[v] = A(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const T* x = fwd.samples + off[kSamples] + n * fwd.samples_sn + p0;
+    const int64_t row = (b * N + n) * P + p0;
+    for (int64_t v = 0; v < n_v; ++v) {
+      lse[v] = load_acc(prm.logprob + row + v);
+      grad[v] = load_acc(prm.grad + row + v);
+    }
+    for (int64_t k = 0; k < gm.K; ++k) {
+      tile_component_prior<kWidth>(gm, g, p0, count, k, log_std, inv_std, a);
+      tile_subtract_quadratic<kWidth>(gm, g, p0, count, k, x, fwd.samples_sc, inv_std, a);
+#pragma omp simd
+      for (int64_t v = 0; v < n_v; ++v) {
+        r[v] = responsibility(a[v], lse[v]) * grad[v];
+        zsq[v] = A(0);
+      }
+      if (out.weights) {
+        T* dst = out.weights + k * P + p0;
+#pragma omp simd
+        for (int64_t v = 0; v < n_v; ++v) put(dst + v, r[v], n > 0);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const T* mu = g.means + k * gm.means_sk + c * gm.means_sc + p0;
+        const T* xc = x + c * fwd.samples_sc;
+#pragma omp simd
+        for (int64_t v = 0; v < n_v; ++v) {
+          const A z = (load_acc(xc + v) - load_acc(mu + v)) * inv_std[v];
+          zsq[v] += z * z;
+          w[v] = r[v] * z * inv_std[v];
+        }
+        if (out.means) {
+          T* dst = out.means + (k * C + c) * P + p0;
+#pragma omp simd
+          for (int64_t v = 0; v < n_v; ++v) put(dst + v, w[v], n > 0);
+        }
+        if (out.samples) {
+          T* dst = out.samples + (n * C + c) * P + p0;
+#pragma omp simd
+          for (int64_t v = 0; v < n_v; ++v) put(dst + v, -w[v], k > 0);
+        }
+      }
+      if (out.logstds) {
+        if (shared_std) {
+#pragma omp simd
+          for (int64_t v = 0; v < n_v; ++v) g_ls_shared[v] += r[v] * (zsq[v] - A(C));
+        } else {
+          T* dst = out.logstds + k * P + p0;
+#pragma omp simd
+          for (int64_t v = 0; v < n_v; ++v) put(dst + v, r[v] * (zsq[v] - A(C)), n > 0);
+        }
+      }
+    }
+  }
+  if (out.logstds && shared_std && N > 0) {
+    for (int64_t v = 0; v < n_v; ++v) store_acc(out.logstds + p0 + v, g_ls_shared[v]);
+  }
+  if (N == 0) zero_gm_grads(out, gm, p0, n_v);
+}
+
+template <int kC, typename T>
+GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<T>& prm, const BatchGm<T>& g,
+                                                  const GradRows<T>& out, const int64_t (&off)[4], int64_t b,
+                                                  int64_t p) {
+  using A = acc_t<T>;
+  const GmLogprobParams<T>& fwd = prm.fwd;
+  const GmOperands<T>& gm = fwd.gm;
+  const int64_t N = fwd.N, K = gm.K, C = gm.C, P = gm.P;
+  const bool shared_std = gm.logstds_k == 1;
+  A log_std[kBlock], inv_std[kBlock], a[kBlock], r[kBlock], zsq[kBlock];
+  A g_ls_shared = A(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const T* x = fwd.samples + off[kSamples] + n * fwd.samples_sn + p;
+    const int64_t index = (b * N + n) * P + p;
+    const A lse = load_acc(prm.logprob + index);
+    const A grad = load_acc(prm.grad + index);
+    for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
+      const int64_t count = std::min(kBlock, K - k0);
+      packed_component_log_densities<kC>(gm, g, p, x, fwd.samples_sc, k0, count, log_std, inv_std, a);
+#pragma omp simd
+      for (int64_t j = 0; j < count; ++j) {
+        r[j] = responsibility(a[j], lse) * grad;
+        zsq[j] = A(0);
+      }
+      if (out.weights) {
+        for (int64_t j = 0; j < count; ++j) put(out.weights + (k0 + j) * P + p, r[j], n > 0);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const A xc = load_acc(x + c * fwd.samples_sc);
+        const T* mu = g.means + p + c * gm.means_sc + k0 * gm.means_sk;
+        A g_x = A(0);
+        for (int64_t j = 0; j < count; ++j) {
+          const A z = (xc - load_acc(mu + j * gm.means_sk)) * inv_std[j];
+          zsq[j] += z * z;
+          const A w = r[j] * z * inv_std[j];
+          g_x -= w;
+          if (out.means) put(out.means + ((k0 + j) * C + c) * P + p, w, n > 0);
+        }
+        if (out.samples) put(out.samples + (n * C + c) * P + p, g_x, k0 > 0);
+      }
+      if (out.logstds) {
+        for (int64_t j = 0; j < count; ++j) {
+          const A gl = r[j] * (zsq[j] - A(C));
+          if (shared_std) {
+            g_ls_shared += gl;
+          } else {
+            put(out.logstds + (k0 + j) * P + p, gl, n > 0);
+          }
+        }
+      }
+    }
+  }
+  if (out.logstds && shared_std && N > 0) store_acc(out.logstds + p, g_ls_shared);
+  if (N == 0) zero_gm_grads(out, gm, p, 1);
+}
+
+template <typename T>
+GMFLOW_FLATTEN void logprob_backward_range(const GmLogprobBackwardParams<T>& prm, int64_t begin, int64_t end) {
+  const GmOperands<T>& gm = prm.fwd.gm;
+  for_each_pixel_run(prm.fwd.layout, 1, gm.P, begin, end,
+                     [&](int64_t b, int64_t, int64_t p_begin, int64_t p_end, const int64_t(&off)[4]) {
+                       const BatchGm<T> g = BatchGm<T>::at(gm, off);
+                       const GradRows<T> out = grad_rows(prm, b);
+                       if (gm.P >= kMinTilePixels) {
+                         for_each_tile(p_begin, p_end, [&]<int kWidth>(int64_t p0, int64_t count) {
+                           logprob_backward_tile<kWidth>(prm, g, out, off, b, p0, count);
+                         });
+                       } else {
+                         // The packed order only vectorises the log densities; the
+                         // gradient scatter is scalar (it is a small share of the work).
+                         for (int64_t p = p_begin; p < p_end; ++p) {
+                           dispatch_packed_channels(gm.C, packed_means(gm), [&]<int kC>() {
+                             logprob_backward_packed<kC>(prm, g, out, off, b, p);
+                           });
+                         }
+                       }
+                     });
+}
+
+}  // namespace
+
+template <typename T>
+void gm_logprob(const GmLogprobParams<T>& prm, const ParallelFor& parallel_for) {
+  const int64_t items = prm.gm.batch * prm.N * prm.gm.P;
+  parallel_for(0, items, grain_for(prm.gm.K * (prm.gm.C + 4)),
+               [&](int64_t b, int64_t e) { logprob_range(prm, b, e); });
+}
+
+template <typename T>
+void gm_logprob_backward(const GmLogprobBackwardParams<T>& prm, const ParallelFor& parallel_for) {
+  const GmOperands<T>& gm = prm.fwd.gm;
+  const int64_t items = gm.batch * gm.P;
+  parallel_for(0, items, grain_for(std::max<int64_t>(prm.fwd.N, 1) * gm.K * (2 * gm.C + 6)),
+               [&](int64_t b, int64_t e) { logprob_backward_range(prm, b, e); });
+}
+
+#define GMFLOW_INSTANTIATE_DENSITY(T)                                                      \
+  template void gm_logprob<T>(const GmLogprobParams<T>&, const ParallelFor&);             \
+  template void gm_logprob_backward<T>(const GmLogprobBackwardParams<T>&, const ParallelFor&);
+
+GMFLOW_INSTANTIATE_DENSITY(float)
+GMFLOW_INSTANTIATE_DENSITY(double)
+GMFLOW_INSTANTIATE_DENSITY(Half)
+GMFLOW_INSTANTIATE_DENSITY(BFloat16)
+
+}  // namespace GMFLOW_CPU_ISA
+}  // namespace cpu
+}  // namespace gmflow

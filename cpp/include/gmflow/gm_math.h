@@ -1,0 +1,99 @@
+// Per-element math shared by the CPU and CUDA kernels (torch-free).
+#pragma once
+
+#include <cmath>
+
+#include "gmflow/platform.h"
+
+namespace gmflow {
+
+constexpr double kLog2Pi = 1.8378770664093454835606594728112;
+
+template <typename T>
+GMFLOW_HD T neg_infinity() {
+  return T(-INFINITY);
+}
+
+// exp() that the host compiler can vectorise inside simd loops (a branch-free
+// Cody-Waite reduction plus a degree-6 polynomial, max error ~2 ulp on the
+// normal range). Device code and fp64 use the library exp.
+GMFLOW_HD float fast_exp(float x) {
+#if GMFLOW_DEVICE_CODE && defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  const float kLog2e = 1.44269504088896341f;
+  const float kLn2Hi = 0.693359375f;
+  const float kLn2Lo = -2.12194440e-4f;
+  const float xc = x > 88.3762626647949f ? 88.3762626647949f : (x < -87.3365447504f ? -87.3365447504f : x);
+  // Round to nearest with the 1.5*2^23 trick (vectorises without SSE4.1 rounding).
+  const float kRound = 12582912.0f;
+  const float n = (xc * kLog2e + kRound) - kRound;
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t e = static_cast<int32_t>(n) + 127;
+  float result = p * bits_float(static_cast<uint32_t>(e) << 23);
+  result = x < -87.3365447504f ? 0.0f : result;       // underflow (and -inf) -> 0
+  result = x > 88.3762626647949f ? INFINITY : result;  // overflow -> inf
+  return x != x ? x : result;                           // NaN propagates
+#endif
+}
+
+GMFLOW_HD double fast_exp(double x) { return exp(x); }
+
+GMFLOW_HD float fast_log(float x) { return logf(x); }
+GMFLOW_HD double fast_log(double x) { return log(x); }
+
+// max + log(sum), where max = -inf means "no finite term": -inf, or NaN if a NaN was summed.
+template <typename A>
+GMFLOW_HD A lse_result(A max_value, A sum) {
+  if (max_value == neg_infinity<A>()) return sum == A(0) ? max_value : sum;
+  return max_value + fast_log(sum);
+}
+
+// Online logsumexp with a single exp per pushed value.
+template <typename A>
+struct OnlineLogSumExp {
+  A max_value = neg_infinity<A>();
+  A sum = A(0);
+
+  GMFLOW_HD void push(A a) {
+    if (a == neg_infinity<A>()) return;  // zero-weight term: contributes nothing
+    if (a <= max_value) {
+      sum += fast_exp(a - max_value);
+    } else {  // also taken for NaN, which then propagates
+      sum = sum * fast_exp(max_value - a) + A(1);
+      max_value = a;
+    }
+  }
+
+  // Merge a block whose maximum is block_max and sum of exp(a - block_max) is block_sum.
+  GMFLOW_HD void merge(A block_max, A block_sum) {
+    if (block_max == neg_infinity<A>()) {
+      sum += block_sum;  // 0, or NaN from a NaN input
+      return;
+    }
+    if (block_max <= max_value) {
+      sum += block_sum * fast_exp(block_max - max_value);
+    } else {
+      sum = sum * fast_exp(max_value - block_max) + block_sum;
+      max_value = block_max;
+    }
+  }
+
+  GMFLOW_HD A result() const { return lse_result(max_value, sum); }
+};
+
+// exp(a - lse) with the all-zero-weight convention: a pixel whose log density is
+// -inf has no responsibilities (instead of 0 * inf = NaN gradients).
+template <typename A>
+GMFLOW_HD A responsibility(A a, A lse) {
+  return lse == neg_infinity<A>() ? A(0) : fast_exp(a - lse);
+}
+
+}  // namespace gmflow

@@ -1,0 +1,206 @@
+"""Native kernels vs the pure-PyTorch reference, over hypothesis-drawn shapes, K,
+dtypes, broadcasting, strides and empty inputs; and the reference backward
+formulas vs autograd of the reference forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from conftest import NATIVE_CPU, NATIVE_CUDA
+from gmflow.reference import core as ref
+from strategies import GmCase, gm_cases, tolerances
+
+
+def _require_native(device):
+    loaded = NATIVE_CPU if device == "cpu" else NATIVE_CUDA
+    if not loaded:
+        pytest.skip(f"no native {device} library loaded")
+
+
+def _close(actual, expected, dtype, scale_atol=True):
+    tol = tolerances(dtype)
+    if scale_atol and expected.numel():
+        tol = dict(tol, atol=tol["atol"] * max(1.0, expected.detach().abs().max().item()))
+    torch.testing.assert_close(actual, expected, **tol)
+
+
+def _reference_grads(case: GmCase, fn, device, grad_seed=1):
+    """Gradients of sum(out * r) by autograd through the reference, in fp64 for 16-bit inputs."""
+    inputs = case.tensors(device, requires_grad=True)
+    out = fn(*inputs)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    (out.double() * weight.to(device)).sum().backward()
+    return out, [t.grad for t in inputs], weight
+
+
+def _record_paths(case: GmCase) -> None:
+    """Hypothesis statistics (--hypothesis-show-statistics) show which kernel paths were hit."""
+    event("pixel tiles" if case.H * case.W >= 4 else "packed components")
+    event(f"logstds {case.logstd_layout}")
+    event(f"dtype {case.dtype}")
+    for name, kind in case.layout.items():
+        if kind:
+            event(f"{name} layout {kind}")
+
+
+@given(case=gm_cases())
+@settings(max_examples=120)
+def test_gm_logprob_forward(device, case):
+    _require_native(device)
+    _record_paths(case)
+    means, logstds, logweights, samples = case.tensors(device)
+    out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    expected = ref.gm_logprob(means, logstds, logweights, samples)
+    assert out.shape == expected.shape and out.dtype == case.dtype and out.is_contiguous()
+    _close(out, expected, case.dtype)
+
+
+@given(case=gm_cases(), mask=st.lists(st.booleans(), min_size=4, max_size=4))
+@settings(max_examples=120)
+def test_gm_logprob_backward(device, case, mask):
+    _require_native(device)
+    _record_paths(case)
+    means, logstds, logweights, samples = case.tensors(device)
+    logprob = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    grad = torch.randn(logprob.shape, generator=torch.Generator().manual_seed(case.seed), dtype=torch.float64)
+    grad = grad.to(device=device, dtype=case.dtype)
+    grads = torch.ops.gmflow.gm_logprob_backward(grad, means, logstds, logweights, samples, logprob, mask)
+    expected = ref.gm_logprob_backward(grad, means, logstds, logweights, samples, logprob, mask)
+    for g, e, m, x in zip(grads, expected, mask, (means, logstds, logweights, samples)):
+        if not m:
+            assert g.numel() == 0
+            continue
+        assert g.shape == x.shape and g.dtype == x.dtype
+        _close(g, e, case.dtype)
+
+
+@given(case=gm_cases(dtypes=[torch.float64]))
+def test_reference_logprob_backward_matches_autograd(case):
+    """The spelled-out gradients of the reference (the fallback backward) equal autograd."""
+    out, grads, weight = _reference_grads(case, ref.gm_logprob, "cpu")
+    explicit = ref.gm_logprob_backward(weight.to(out.dtype), *case.tensors(), out.detach(), [True] * 4)
+    for e, g in zip(explicit, grads):
+        torch.testing.assert_close(e, g, rtol=1e-9, atol=1e-9)
+
+
+@given(case=gm_cases(), power=st.sampled_from([1.0, 0.5, 2.0, 0.0]))
+def test_gm_to_mean_forward(device, case, power):
+    _require_native(device)
+    means, _, logweights, _ = case.tensors(device)
+    out = torch.ops.gmflow.gm_to_mean(means, logweights, power)
+    expected = ref.gm_to_mean(means, logweights, power)
+    assert out.shape == expected.shape and out.is_contiguous()
+    _close(out, expected, case.dtype)
+
+
+@given(case=gm_cases(), power=st.sampled_from([1.0, 0.7, 3.0]), mask=st.lists(st.booleans(), min_size=2, max_size=2))
+def test_gm_to_mean_backward(device, case, power, mask):
+    _require_native(device)
+    means, _, logweights, _ = case.tensors(device)
+    mean = torch.ops.gmflow.gm_to_mean(means, logweights, power)
+    grad = torch.randn(mean.shape, generator=torch.Generator().manual_seed(case.seed), dtype=torch.float64)
+    grad = grad.to(device=device, dtype=case.dtype)
+    grads = torch.ops.gmflow.gm_to_mean_backward(grad, means, logweights, mean, power, mask)
+    expected = ref.gm_to_mean_backward(grad, means, logweights, mean, power, mask)
+    for g, e, m, x in zip(grads, expected, mask, (means, logweights)):
+        if not m:
+            assert g.numel() == 0
+            continue
+        assert g.shape == x.shape
+        _close(g, e, case.dtype)
+
+
+@given(case=gm_cases(dtypes=[torch.float64]), power=st.sampled_from([1.0, 0.6, 2.5]))
+def test_reference_to_mean_backward_matches_autograd(case, power):
+    out, grads, weight = _reference_grads(case, lambda m, s, w, x: ref.gm_to_mean(m, w, power), "cpu")
+    means, _, logweights, _ = case.tensors()
+    explicit = ref.gm_to_mean_backward(weight.to(out.dtype), means, logweights, out.detach(), power, [True, True])
+    torch.testing.assert_close(explicit[0], grads[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(explicit[1], grads[2], rtol=1e-9, atol=1e-9)
+
+
+@given(case=gm_cases())
+def test_gm_to_iso_gaussian_forward(device, case):
+    _require_native(device)
+    means, logstds, logweights, _ = case.tensors(device)
+    mean, var = torch.ops.gmflow.gm_to_iso_gaussian(means, logstds, logweights)
+    e_mean, e_var = ref.gm_to_iso_gaussian(means, logstds, logweights)
+    assert mean.shape == e_mean.shape and var.shape == e_var.shape
+    _close(mean, e_mean, case.dtype)
+    _close(var, e_var, case.dtype)
+
+
+@given(case=gm_cases(dtypes=[torch.float64]))
+@settings(max_examples=25)
+def test_reference_iso_gaussian_backward_matches_autograd(case):
+    inputs = case.tensors(requires_grad=True)
+    mean, var = ref.gm_to_iso_gaussian(*inputs[:3])
+    g = torch.Generator().manual_seed(3)
+    gm, gv = torch.randn(mean.shape, generator=g, dtype=torch.float64), torch.randn(var.shape, generator=g, dtype=torch.float64)
+    ((mean * gm).sum() + (var * gv).sum()).backward()
+    explicit = ref.gm_to_iso_gaussian_backward(gm, gv, *case.tensors()[:3])
+    for e, t in zip(explicit, inputs[:3]):
+        torch.testing.assert_close(e, t.grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("K", [65, 130])
+@pytest.mark.parametrize("HW", [(1, 1), (4, 5)])
+def test_many_components_cross_block_boundaries(device, K, HW):
+    """K above the kernels' 64-component block: the online logsumexp merges blocks."""
+    _require_native(device)
+    case = GmCase(batch=(2,), K=K, C=3, H=HW[0], W=HW[1], N=2, logstd_layout="per_component_pixel")
+    means, logstds, logweights, samples = case.tensors(device)
+    _close(torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples),
+           ref.gm_logprob(means, logstds, logweights, samples), torch.float32)
+    _close(torch.ops.gmflow.gm_to_mean(means, logweights, 1.5), ref.gm_to_mean(means, logweights, 1.5), torch.float32)
+    for a, b in zip(torch.ops.gmflow.gm_to_iso_gaussian(means, logstds, logweights),
+                    ref.gm_to_iso_gaussian(means, logstds, logweights)):
+        _close(a, b, torch.float32)
+    logprob = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    grad = torch.ones_like(logprob)
+    for a, b in zip(torch.ops.gmflow.gm_logprob_backward(grad, means, logstds, logweights, samples, logprob, [True] * 4),
+                    ref.gm_logprob_backward(grad, means, logstds, logweights, samples, logprob, [True] * 4)):
+        _close(a, b, torch.float32)
+
+
+def test_zero_weight_component_gives_no_nan(device):
+    """One logweight at -inf (others finite): finite log density and gradients (§14 item 6)."""
+    _require_native(device)
+    means, logstds, logweights, samples = GmCase(batch=(2,), K=4, C=2, H=3, W=4, N=2).tensors(device)
+    logweights = logweights.clone()
+    logweights[:, 1] = -float("inf")
+    out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    assert torch.isfinite(out).all()
+    _close(out, ref.gm_logprob(means, logstds, logweights, samples), torch.float32)
+    grads = torch.ops.gmflow.gm_logprob_backward(torch.ones_like(out), means, logstds, logweights, samples, out, [True] * 4)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[2][:, 1] == 0).all()  # no responsibility for the zero-weight component
+    assert torch.isfinite(torch.ops.gmflow.gm_to_mean(means, logweights)).all()
+
+
+def test_all_weights_zero_gives_minus_inf_and_zero_grads(device):
+    _require_native(device)
+    means, logstds, logweights, samples = GmCase(batch=(1,), K=3, C=2, H=2, W=5, N=1).tensors(device)
+    logweights = torch.full_like(logweights, -float("inf"))
+    out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    assert (out == -float("inf")).all()
+    grads = torch.ops.gmflow.gm_logprob_backward(torch.ones_like(out), means, logstds, logweights, samples, out, [True] * 4)
+    assert all((g == 0).all() for g in grads)
+
+
+def test_empty_inputs_give_empty_outputs(device):
+    _require_native(device)
+    for case in (GmCase(batch=(0,), K=3, C=2, H=4, W=4, N=1), GmCase(batch=(2,), K=3, C=2, H=4, W=4, N=0),
+                 GmCase(batch=(2,), K=3, C=2, H=0, W=4, N=1)):
+        means, logstds, logweights, samples = case.tensors(device)
+        out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+        assert out.shape == ref.gm_logprob(means, logstds, logweights, samples).shape
+        grads = torch.ops.gmflow.gm_logprob_backward(out, means, logstds, logweights, samples, out, [True] * 4)
+        expected = ref.gm_logprob_backward(out, means, logstds, logweights, samples, out, [True] * 4)
+        for g, e in zip(grads, expected):
+            assert g.shape == e.shape
+            torch.testing.assert_close(g, e)  # N == 0: zero gradients for the GM
+        assert torch.ops.gmflow.gm_to_mean(means, logweights).shape == ref.gm_to_mean(means, logweights).shape
