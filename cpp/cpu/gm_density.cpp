@@ -22,6 +22,20 @@ GMFLOW_ALWAYS_INLINE void put(T* dst, A v, bool accumulate) {
   store_acc(dst, accumulate ? load_acc(dst) + v : v);
 }
 
+// dst[v] = src[v] (first contribution) or dst[v] += src[v]; the branch is outside the
+// vector loop so plain stores never read the destination.
+template <typename T, typename A>
+GMFLOW_ALWAYS_INLINE void put_row(T* GMFLOW_RESTRICT dst, const A* GMFLOW_RESTRICT src, int64_t n, bool accumulate,
+                                  A sign = A(1)) {
+  if (accumulate) {
+#pragma omp simd
+    for (int64_t v = 0; v < n; ++v) store_acc(dst + v, load_acc(dst + v) + sign * src[v]);
+  } else {
+#pragma omp simd
+    for (int64_t v = 0; v < n; ++v) store_acc(dst + v, sign * src[v]);
+  }
+}
+
 // ------------------------------------------------------------------ forward
 
 template <typename T>
@@ -129,11 +143,7 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_tile(const GmLogprobBackwardParams<T>
         r[v] = responsibility(a[v], lse[v]) * grad[v];
         zsq[v] = A(0);
       }
-      if (out.weights) {
-        T* dst = out.weights + k * P + p0;
-#pragma omp simd
-        for (int64_t v = 0; v < n_v; ++v) put(dst + v, r[v], n > 0);
-      }
+      if (out.weights) put_row(out.weights + k * P + p0, r, n_v, n > 0);
       for (int64_t c = 0; c < C; ++c) {
         const T* mu = g.means + k * gm.means_sk + c * gm.means_sc + p0;
         const T* xc = x + c * fwd.samples_sc;
@@ -143,25 +153,17 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_tile(const GmLogprobBackwardParams<T>
           zsq[v] += z * z;
           w[v] = r[v] * z * inv_std[v];
         }
-        if (out.means) {
-          T* dst = out.means + (k * C + c) * P + p0;
-#pragma omp simd
-          for (int64_t v = 0; v < n_v; ++v) put(dst + v, w[v], n > 0);
-        }
-        if (out.samples) {
-          T* dst = out.samples + (n * C + c) * P + p0;
-#pragma omp simd
-          for (int64_t v = 0; v < n_v; ++v) put(dst + v, -w[v], k > 0);
-        }
+        if (out.means) put_row(out.means + (k * C + c) * P + p0, w, n_v, n > 0);
+        if (out.samples) put_row(out.samples + (n * C + c) * P + p0, w, n_v, k > 0, A(-1));
       }
       if (out.logstds) {
         if (shared_std) {
 #pragma omp simd
           for (int64_t v = 0; v < n_v; ++v) g_ls_shared[v] += r[v] * (zsq[v] - A(C));
         } else {
-          T* dst = out.logstds + k * P + p0;
 #pragma omp simd
-          for (int64_t v = 0; v < n_v; ++v) put(dst + v, r[v] * (zsq[v] - A(C)), n > 0);
+          for (int64_t v = 0; v < n_v; ++v) zsq[v] = r[v] * (zsq[v] - A(C));
+          put_row(out.logstds + k * P + p0, zsq, n_v, n > 0);
         }
       }
     }
@@ -199,18 +201,43 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
       if (out.weights) {
         for (int64_t j = 0; j < count; ++j) put(out.weights + (k0 + j) * P + p, r[j], n > 0);
       }
-      for (int64_t c = 0; c < C; ++c) {
-        const A xc = load_acc(x + c * fwd.samples_sc);
-        const T* mu = g.means + p + c * gm.means_sc + k0 * gm.means_sk;
-        A g_x = A(0);
+      if constexpr (kC > 0) {
+        // Packed (k, c) means and P == 1: the gradient rows are contiguous too, so the
+        // whole block vectorises over j with compile-time channel strides.
+        A xs[kC], g_x[kC] = {};
+        for (int64_t c = 0; c < kC; ++c) xs[c] = load_acc(x + c * fwd.samples_sc);
+        const T* mu = g.means + k0 * kC;
+        T* g_mu = out.means ? out.means + k0 * kC : nullptr;
+        const bool accumulate = n > 0;
+#pragma omp simd reduction(+ : g_x[:kC])
         for (int64_t j = 0; j < count; ++j) {
-          const A z = (xc - load_acc(mu + j * gm.means_sk)) * inv_std[j];
-          zsq[j] += z * z;
-          const A w = r[j] * z * inv_std[j];
-          g_x -= w;
-          if (out.means) put(out.means + ((k0 + j) * C + c) * P + p, w, n > 0);
+          A q = A(0);
+          for (int64_t c = 0; c < kC; ++c) {
+            const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv_std[j];
+            q += z * z;
+            const A w = r[j] * z * inv_std[j];
+            g_x[c] -= w;
+            if (g_mu) store_acc(g_mu + j * kC + c, accumulate ? load_acc(g_mu + j * kC + c) + w : w);
+          }
+          zsq[j] = q;
         }
-        if (out.samples) put(out.samples + (n * C + c) * P + p, g_x, k0 > 0);
+        if (out.samples) {
+          for (int64_t c = 0; c < kC; ++c) put(out.samples + n * kC + c, g_x[c], k0 > 0);
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const A xc = load_acc(x + c * fwd.samples_sc);
+          const T* mu = g.means + p + c * gm.means_sc + k0 * gm.means_sk;
+          A g_x = A(0);
+          for (int64_t j = 0; j < count; ++j) {
+            const A z = (xc - load_acc(mu + j * gm.means_sk)) * inv_std[j];
+            zsq[j] += z * z;
+            const A w = r[j] * z * inv_std[j];
+            g_x -= w;
+            if (out.means) put(out.means + ((k0 + j) * C + c) * P + p, w, n > 0);
+          }
+          if (out.samples) put(out.samples + (n * C + c) * P + p, g_x, k0 > 0);
+        }
       }
       if (out.logstds) {
         for (int64_t j = 0; j < count; ++j) {

@@ -1,0 +1,52 @@
+"""GMFlow on top of the GM ops: schedule, losses, schedulers, guidance, the sampling loop.
+
+=====================  =================================================================
+``schedule``           sigma schedule, shift warp, training timestep sampler (§0.1, §6.1, §7.1)
+``losses``             transition loss (GM NLL of x_low), spectral loss (§6.2 - §6.4)
+``schedulers``         ``FlowEulerODEScheduler``, ``GMFlowSDEScheduler`` (diffusers API, §7)
+``guidance``           probabilistic guidance, second-order GM solver (§5)
+``sampling``           the GM-SDE / GM-ODE loop (§8), flow-matching Euler / Heun baselines
+=====================  =================================================================
+"""
+
+from .guidance import GMSecondOrderSolver, GuidanceOutput, GuidedGM, guide_gm, probabilistic_guidance
+from .losses import TransitionLossOutput, gm_nll_loss, spectral_loss, transition_loss, transition_pair
+from .sampling import (
+    Intermediate,
+    SamplingOutput,
+    flow_euler_sample,
+    flow_heun_sample,
+    gm_mean_velocity,
+    gm_ode_substeps,
+    gmflow_sample,
+)
+from .schedule import NUM_TIMESTEPS, TimestepSampler, flow_sigmas, unwarp_shift, warp_shift
+from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler, SchedulerOutput
+
+__all__ = [
+    "NUM_TIMESTEPS",
+    "FlowEulerODEScheduler",
+    "GMFlowSDEScheduler",
+    "GMSecondOrderSolver",
+    "GuidanceOutput",
+    "GuidedGM",
+    "Intermediate",
+    "SamplingOutput",
+    "SchedulerOutput",
+    "TimestepSampler",
+    "TransitionLossOutput",
+    "flow_euler_sample",
+    "flow_heun_sample",
+    "flow_sigmas",
+    "gm_mean_velocity",
+    "gm_nll_loss",
+    "gm_ode_substeps",
+    "gmflow_sample",
+    "guide_gm",
+    "probabilistic_guidance",
+    "spectral_loss",
+    "transition_loss",
+    "transition_pair",
+    "unwarp_shift",
+    "warp_shift",
+]

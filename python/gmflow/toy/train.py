@@ -1,0 +1,178 @@
+"""Trainer of the checkerboard toy model (MODELS_AND_TRAINING.md §2.3, scaled to a CPU budget).
+
+AdamW (weight decay 0), linear warm-up from ``0.001 lr``, the GMFlow transition loss (trans_ratio
+0.9 by default; LakonLab's loss normalisation with scale 2.0), a "karras" EMA copy
+(``beta_n = (1 - 1/n)^(gamma + 1)``, gamma = 7), fresh checkerboard batches from a seeded generator
+every iteration, a tqdm progress bar and periodic loss logging, checkpoint save/load.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gmflow.flow.losses import transition_loss
+from gmflow.flow.schedule import TimestepSampler
+
+from .data import Checkerboard
+from .model import GMFlowMLP2DDenoiser
+
+__all__ = ["ToyTrainConfig", "TrainResult", "build_model", "karras_ema_beta", "load_checkpoint", "save_checkpoint",
+           "train_toy"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ToyTrainConfig:
+    """Everything that defines a toy training run (saved into checkpoints)."""
+
+    k: int = 64
+    iters: int = 3000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    warmup: int = 200
+    trans_ratio: float = 0.9
+    ema: bool = True
+    ema_gamma: float = 7.0
+    hidden_dim: int = 256
+    num_layers: int = 4
+    weight_decay: float = 0.0
+    loss_scale: float = 2.0
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("k", "iters", "batch_size", "hidden_dim", "num_layers", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.trans_ratio <= 1:
+            raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
+        if self.ema_gamma < 0:
+            raise ValueError(f"ema_gamma must be >= 0, got {self.ema_gamma}")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the trained weights
+    ema_model: nn.Module | None  # the EMA weights (None with ema=False)
+    config: ToyTrainConfig
+    history: list[dict] = field(default_factory=list)  # {'iter', 'loss', 'lr', 'seconds'}
+    seconds: float = 0.0
+
+    @property
+    def sampling_model(self) -> nn.Module:
+        """The weights to sample with: the EMA if there is one."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+
+def build_model(config: ToyTrainConfig) -> GMFlowMLP2DDenoiser:
+    return GMFlowMLP2DDenoiser(config.k, hidden_dim=config.hidden_dim, num_layers=config.num_layers)
+
+
+def karras_ema_beta(n: int, gamma: float = 7.0) -> float:
+    """``(1 - 1/n)^(gamma + 1)`` for step ``n >= 1`` (0 at n = 1: the EMA starts as a copy)."""
+    return (1.0 - 1.0 / n) ** (gamma + 1.0)
+
+
+def _lr_at(config: ToyTrainConfig, i: int) -> float:
+    if config.warmup and i < config.warmup:
+        return config.lr * (1 - (1 - i / config.warmup) * 0.999)
+    return config.lr
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - beta)
+
+
+def train_toy(
+    config: ToyTrainConfig,
+    progress: bool = True,
+    on_log: Callable[[dict], None] | None = None,
+    desc: str | None = None,
+) -> TrainResult:
+    """Trains a toy model from scratch; ``on_log`` receives each logged record (default: logging)."""
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)  # model init only; the data and times use the generator below
+    model = build_model(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if config.ema else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    data = Checkerboard()
+    sampler = TimestepSampler()
+    history: list[dict] = []
+    start = time.perf_counter()
+    running, count = 0.0, 0
+    bar = tqdm(range(config.iters), desc=desc or f"train K={config.k}", disable=not progress, dynamic_ncols=True)
+    for i in bar:
+        lr = _lr_at(config, i)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x_0 = data.sample(config.batch_size, generator=generator, device=device).reshape(-1, 2, 1, 1)
+        out = transition_loss(model, x_0, config.trans_ratio, sampler, generator, scale=config.loss_scale)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        if ema is not None:
+            _ema_update(ema, model, karras_ema_beta(i + 1, config.ema_gamma))
+        loss = out.loss.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training diverged at iteration {i + 1} (loss {loss}); try a lower --lr")
+        running, count = running + loss, count + 1
+        if (i + 1) % config.log_every == 0 or i + 1 == config.iters:
+            record = {"iter": i + 1, "loss": running / count, "lr": lr, "seconds": time.perf_counter() - start}
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            (on_log or (lambda r: log.info("iter %(iter)d loss %(loss).4f", r)))(record)
+            running, count = 0.0, 0
+    bar.close()
+    return TrainResult(model.eval(), ema.eval() if ema is not None else None, config, history,
+                       time.perf_counter() - start)
+
+
+def save_checkpoint(result: TrainResult, path: str | Path) -> Path:
+    """Saves config, weights, EMA weights and the loss history to ``path`` (``torch.save``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "config": asdict(result.config),
+            "model": result.model.state_dict(),
+            "ema": result.ema_model.state_dict() if result.ema_model is not None else None,
+            "history": result.history,
+            "seconds": result.seconds,
+        },
+        path,
+    )
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainResult:
+    """Inverse of :func:`save_checkpoint` (models in eval mode on ``device``)."""
+    state = torch.load(Path(path), map_location=device, weights_only=True)
+    known = {f.name for f in fields(ToyTrainConfig)}
+    config = ToyTrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    model = build_model(config).to(device)
+    model.load_state_dict(state["model"])
+    ema = None
+    if state.get("ema") is not None:
+        ema = build_model(config).to(device)
+        ema.load_state_dict(state["ema"])
+        ema.eval().requires_grad_(False)
+    return TrainResult(model.eval(), ema, config, list(state.get("history", [])), float(state.get("seconds", 0.0)))
