@@ -1,0 +1,223 @@
+"""The checkerboard toy: data and exact density, model, trainer, sampling driver, metrics, PNG."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from gmflow.toy.data import Checkerboard
+from gmflow.toy.evaluate import (
+    SOLVERS,
+    fraction_inside,
+    js_divergence_bits,
+    sample_metrics,
+    sample_toy,
+    sliced_wasserstein,
+    write_histogram_grid,
+)
+from gmflow.toy.model import GMFlowMLP2DDenoiser, timestep_embedding
+from gmflow.toy.train import ToyTrainConfig, karras_ema_beta, load_checkpoint, save_checkpoint, train_toy
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run small tensors: one intra-op thread avoids thread-pool overhead (and stalls on a
+    busy 2-core machine); the previous setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+DATA = Checkerboard()
+
+
+def test_checkerboard_samples_and_density():
+    g = torch.Generator().manual_seed(0)
+    x = DATA.sample(50_000, g)
+    assert x.shape == (50_000, 2) and x.dtype == torch.float32
+    assert bool(DATA.inside(x).all())
+    assert float(x.abs().max()) <= 4.0
+    # every white square equally likely: 1/8 each
+    cell = torch.floor((x.double() + 4) / 2).long()
+    counts = torch.bincount(cell[:, 0] * 4 + cell[:, 1], minlength=16).double() / len(x)
+    white = torch.tensor([(i + j) % 2 == 0 for i in range(4) for j in range(4)])
+    torch.testing.assert_close(counts[white], torch.full((8,), 1 / 8, dtype=torch.float64), atol=0.006, rtol=0)
+    assert float(counts[~white].sum()) == 0
+    # generated on demand from the generator: same seed, same points
+    assert torch.equal(DATA.sample(10, torch.Generator().manual_seed(3)), DATA.sample(10, torch.Generator().manual_seed(3)))
+
+
+def test_checkerboard_inside_and_log_density():
+    pts = torch.tensor([[-3.5, -3.5], [-1.5, -3.5], [0.5, 0.5], [3.9, 3.9], [4.1, 0.0], [-3.0, -1.0]])
+    assert DATA.inside(pts).tolist() == [True, False, True, True, False, False]
+    ld = DATA.log_density(pts)
+    assert ld[0] == pytest.approx(math.log(1 / 32)) and ld[1] == -math.inf
+
+
+def test_bin_masses_exact():
+    m = DATA.bin_masses(64, 4.5)
+    assert m.shape == (64, 64)
+    assert float(m.sum()) == pytest.approx(1.0, abs=1e-12)
+    m2 = DATA.bin_masses(8, 4.0)  # bins aligned with the squares: 1/8 on white, 0 on black
+    expected = torch.tensor([[1 / 32 if (i // 2 + j // 2) % 2 == 0 else 0 for j in range(8)] for i in range(8)],
+                            dtype=torch.float64)
+    torch.testing.assert_close(m2, expected)
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.3, math.pi / 4, 2.0, math.pi / 2])
+def test_projected_cdf_matches_monte_carlo(angle):
+    x = DATA.sample(200_000, torch.Generator().manual_seed(1)).double()
+    proj = x[:, 0] * math.cos(angle) + x[:, 1] * math.sin(angle)
+    z = torch.linspace(-6, 6, 61, dtype=torch.float64)
+    empirical = (proj[None, :] <= z[:, None]).double().mean(1)
+    cdf = DATA.projected_cdf(z, angle)
+    torch.testing.assert_close(cdf, empirical, atol=6e-3, rtol=0)
+    assert float(cdf[0]) == 0.0 and float(cdf[-1]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_metrics_on_reference_distributions():
+    x = DATA.sample(100_000, torch.Generator().manual_seed(2))
+    m = sample_metrics(x)
+    assert m["inside"] == 1.0 and m["js_bits"] < 0.01 and m["swd"] < 0.015
+    noise = torch.randn(100_000, 2, generator=torch.Generator().manual_seed(3)) * 2.5
+    bad = sample_metrics(noise)
+    assert bad["inside"] < 0.45 and bad["js_bits"] > 0.3 and bad["swd"] > 0.2
+    # W1 between a law and its translate by d is exactly |d cos(theta)|: mean over the 64 angles
+    d = 1.0
+    shifted = sliced_wasserstein(x + torch.tensor([d, 0.0]))
+    expected = d * sum(abs(math.cos(math.pi * j / 64)) for j in range(64)) / 64
+    assert shifted == pytest.approx(expected, abs=0.015)
+    # far outliers count with their full distance (the exact tail term)
+    far = x.clone()
+    far[:1000] = 100.0
+    assert sliced_wasserstein(far) > 0.01 * 80
+    assert js_divergence_bits(torch.full((1000, 2), 50.0)) == pytest.approx(1.0, abs=1e-9)
+    assert fraction_inside(torch.full((10, 2), 50.0)) == 0.0
+
+
+# ----------------------------------------------------------------------------------------
+# model
+
+
+def test_model_paper_size_and_init():
+    model = GMFlowMLP2DDenoiser(64)
+    assert sum(p.numel() for p in model.parameters()) == 1_412_289  # the paper's toy model
+    assert sum(p.numel() for p in GMFlowMLP2DDenoiser(32).parameters()) == 1_363_041
+    x = torch.randn(5, 2, 1, 1)
+    gm = model(x, torch.full((5,), 500.0))
+    assert gm.means.shape == (5, 64, 2, 1, 1) and gm.logstds.shape == (5, 1, 1, 1, 1)
+    assert gm.logweights.shape == (5, 64, 1, 1, 1)
+    # zero-initialised heads: uniform weights, s = 1
+    torch.testing.assert_close(gm.logweights, torch.full_like(gm.logweights, -math.log(64)))
+    torch.testing.assert_close(gm.logstds, torch.zeros_like(gm.logstds))
+    with pytest.raises(ValueError, match="x_t"):
+        model(torch.randn(5, 3, 1, 1), torch.zeros(5))
+
+
+def test_timestep_embedding_formula():
+    t = torch.tensor([0.0, 10.0, 999.0])
+    emb = timestep_embedding(t, 256)
+    i = torch.arange(128, dtype=torch.float32)
+    f = torch.exp(-math.log(10000.0) * i / 127)
+    torch.testing.assert_close(emb, torch.cat([torch.cos(t[:, None] * f), torch.sin(t[:, None] * f)], dim=1))
+
+
+def test_k1_model_and_constant_logstd():
+    gm = GMFlowMLP2DDenoiser(1, hidden_dim=16, num_layers=1, constant_logstd=-1.0)(torch.randn(3, 2, 1, 1), torch.ones(3))
+    assert gm.means.shape == (3, 1, 2, 1, 1)
+    assert torch.equal(gm.logweights, torch.zeros(3, 1, 1, 1, 1))
+    assert torch.equal(gm.logstds, torch.full((3, 1, 1, 1, 1), -1.0))
+
+
+# ----------------------------------------------------------------------------------------
+# training
+
+
+def _tiny_config(**kw):
+    base = dict(k=8, iters=60, batch_size=256, lr=2e-3, warmup=10, hidden_dim=32, num_layers=2, log_every=20)
+    base.update(kw)
+    return ToyTrainConfig(**base)
+
+
+def test_training_smoke_loss_decreases_and_checkpoint_round_trip(tmp_path):
+    result = train_toy(_tiny_config(), progress=False)
+    losses = [r["loss"] for r in result.history]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+    assert result.ema_model is not None and result.sampling_model is result.ema_model
+    path = save_checkpoint(result, tmp_path / "ck.pt")
+    loaded = load_checkpoint(path)
+    assert loaded.config == result.config and loaded.history == result.history
+    x, t = torch.randn(4, 2, 1, 1), torch.full((4,), 300.0)
+    for a, b in ((loaded.model, result.model), (loaded.ema_model, result.ema_model)):
+        for u, v in zip(a(x, t), b(x, t)):
+            assert torch.equal(u, v)
+
+
+def test_training_is_seeded_and_no_ema():
+    a = train_toy(_tiny_config(iters=5, ema=False), progress=False)
+    b = train_toy(_tiny_config(iters=5, ema=False), progress=False)
+    assert a.ema_model is None and a.sampling_model is a.model
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_karras_ema_beta():
+    assert karras_ema_beta(1) == 0.0
+    assert karras_ema_beta(10, 7.0) == pytest.approx(0.9**8)
+    assert karras_ema_beta(1000, 7.0) == pytest.approx((1 - 1e-3) ** 8)
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="iters"):
+        ToyTrainConfig(iters=0)
+    with pytest.raises(ValueError, match="trans_ratio"):
+        ToyTrainConfig(trans_ratio=0.0)
+    with pytest.raises(ValueError, match="lr"):
+        ToyTrainConfig(lr=-1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# sampling driver and figure
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_sample_toy_all_solvers_seeded(solver):
+    model = GMFlowMLP2DDenoiser(4, hidden_dim=16, num_layers=1).eval()
+    runs = [sample_toy(model, solver, 2, 300, torch.Generator().manual_seed(s), chunk=128, ode_total_substeps=8)
+            for s in (1, 1, 2)]
+    assert runs[0].shape == (300, 2) and runs[0].dtype == torch.float32
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    with pytest.raises(ValueError):
+        sample_toy(model, "nope", 2, 10)
+
+
+def _read_png(path):
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", raw[16:24])
+    idat, pos = b"", 8
+    while pos < len(raw):
+        (length,) = struct.unpack(">I", raw[pos:pos + 4])
+        tag = raw[pos + 4:pos + 8]
+        if tag == b"IDAT":
+            idat += raw[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    pixels = zlib.decompress(idat)
+    assert len(pixels) == h * (1 + 3 * w)
+    return w, h, np.frombuffer(pixels, dtype=np.uint8).reshape(h, 1 + 3 * w)[:, 1:].reshape(h, w, 3)
+
+
+def test_histogram_grid_png(tmp_path):
+    x = DATA.sample(5000, torch.Generator().manual_seed(0))
+    rows = {"gm-sde2": {1: x, 4: x}, "fm-euler": {1: x, 32: x}}
+    path = write_histogram_grid(tmp_path / "grid.png", rows, cell=40)
+    w, h, img = _read_png(path)
+    assert (w, h) == (76 + 3 * 46 + 6, 22 + 3 * 46 + 6)  # columns NFE 1, 4, 32; rows data + 2 solvers
+    assert img.std() > 10
