@@ -265,6 +265,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per measurement")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="short smoke run (CI)")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<machine>/bench_ops.json)")
     args = parser.parse_args(argv)
@@ -273,6 +274,8 @@ def main(argv=None) -> int:
         return 2
     if args.quick:
         args.min_time, args.warmup = 0.05, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"gmflow {gmflow.__version__}, torch {torch.__version__}, device {machine_name(args.device)}, "
           f"{torch.get_num_threads()} threads")
     print(HEADER)

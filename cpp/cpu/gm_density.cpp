@@ -8,6 +8,7 @@
 //   d/dmean_kc     = sum_n r_nk z_nkc / s_k,      d/dsample_nc = -sum_k r_nk z_nkc / s_k
 //   d/dlogstd_k    = sum_n r_nk (|z_nk|^2 - C)    (summed over k as well for a shared std)
 #include <algorithm>
+#include <type_traits>
 
 #include "gm_pixel.h"
 
@@ -50,16 +51,17 @@ GMFLOW_FLATTEN void logprob_range(const GmLogprobParams<T>& prm, int64_t begin, 
     T* out = prm.logprob + (b * prm.N + n) * P;
     if (P >= kMinTilePixels) {
       for_each_tile(p_begin, p_end, [&]<int kWidth>(int64_t p0, int64_t count) {
-        A log_std[kTile], inv_std[kTile], a[kTile], max_value[kTile], sum[kTile];
+        A inv_std[kTile], norm[kTile], a[kTile], max_value[kTile], sum[kTile];
         for (int64_t v = 0; v < kTile; ++v) {
           max_value[v] = neg_infinity<A>();
           sum[v] = A(0);
         }
         for (int64_t k = 0; k < gm.K; ++k) {
-          tile_component_prior<kWidth>(gm, g, p0, count, k, log_std, inv_std, a);
+          tile_component_prior<kWidth>(gm, g, p0, count, k, inv_std, norm, a);
           tile_subtract_quadratic<kWidth>(gm, g, p0, count, k, x_row + p0, prm.samples_sc, inv_std, a);
           tile_lse_push<kWidth>(count, a, max_value, sum);
         }
+#pragma omp simd
         for (int64_t v = 0; v < count; ++v) store_acc(out + p0 + v, lse_result(max_value[v], sum[v]));
       });
     } else {
@@ -125,7 +127,7 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_tile(const GmLogprobBackwardParams<T>
   const int64_t N = fwd.N, C = gm.C, P = gm.P;
   const int64_t n_v = kWidth > 0 ? kWidth : count;
   const bool shared_std = gm.logstds_k == 1;
-  A log_std[kTile], inv_std[kTile], a[kTile], r[kTile], zsq[kTile], lse[kTile], grad[kTile], w[kTile];
+  A inv_std[kTile], norm[kTile], a[kTile], r[kTile], zsq[kTile], lse[kTile], grad[kTile], w[kTile];
   A g_ls_shared[kTile];
   for (int64_t v = 0; v < kTile; ++v) g_ls_shared[v] = A(0);
   for (int64_t n = 0; n < N; ++n) {
@@ -136,7 +138,7 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_tile(const GmLogprobBackwardParams<T>
       grad[v] = load_acc(prm.grad + row + v);
     }
     for (int64_t k = 0; k < gm.K; ++k) {
-      tile_component_prior<kWidth>(gm, g, p0, count, k, log_std, inv_std, a);
+      tile_component_prior<kWidth>(gm, g, p0, count, k, inv_std, norm, a);
       tile_subtract_quadratic<kWidth>(gm, g, p0, count, k, x, fwd.samples_sc, inv_std, a);
 #pragma omp simd
       for (int64_t v = 0; v < n_v; ++v) {
@@ -204,25 +206,29 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
       if constexpr (kC > 0) {
         // Packed (k, c) means and P == 1: the gradient rows are contiguous too, so the
         // whole block vectorises over j with compile-time channel strides.
-        A xs[kC], g_x[kC] = {};
+        A xs[kC], scratch[kBlock * kC];
         for (int64_t c = 0; c < kC; ++c) xs[c] = load_acc(x + c * fwd.samples_sc);
         const T* mu = g.means + k0 * kC;
-        T* g_mu = out.means ? out.means + k0 * kC : nullptr;
-        const bool accumulate = n > 0;
-#pragma omp simd reduction(+ : g_x[:kC])
+        // First contribution to a full-precision gradient: write it in place (no copy).
+        const bool in_place = std::is_same_v<T, A> && out.means && n == 0;
+        A* w = in_place ? reinterpret_cast<A*>(out.means + k0 * kC) : scratch;
+#pragma omp simd
         for (int64_t j = 0; j < count; ++j) {
           A q = A(0);
           for (int64_t c = 0; c < kC; ++c) {
             const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv_std[j];
             q += z * z;
-            const A w = r[j] * z * inv_std[j];
-            g_x[c] -= w;
-            if (g_mu) store_acc(g_mu + j * kC + c, accumulate ? load_acc(g_mu + j * kC + c) + w : w);
+            w[j * kC + c] = r[j] * z * inv_std[j];
           }
           zsq[j] = q;
         }
+        if (out.means && !in_place) put_row(out.means + k0 * kC, w, count * kC, n > 0);
         if (out.samples) {
-          for (int64_t c = 0; c < kC; ++c) put(out.samples + n * kC + c, g_x[c], k0 > 0);
+          for (int64_t c = 0; c < kC; ++c) {
+            A g_x = A(0);
+            for (int64_t j = 0; j < count; ++j) g_x -= w[j * kC + c];
+            put(out.samples + n * kC + c, g_x, k0 > 0);
+          }
         }
       } else {
         for (int64_t c = 0; c < C; ++c) {
@@ -240,13 +246,13 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
         }
       }
       if (out.logstds) {
-        for (int64_t j = 0; j < count; ++j) {
-          const A gl = r[j] * (zsq[j] - A(C));
-          if (shared_std) {
-            g_ls_shared += gl;
-          } else {
-            put(out.logstds + (k0 + j) * P + p, gl, n > 0);
-          }
+        if (shared_std) {
+          A total = A(0);
+#pragma omp simd reduction(+ : total)
+          for (int64_t j = 0; j < count; ++j) total += r[j] * (zsq[j] - A(C));
+          g_ls_shared += total;
+        } else {
+          for (int64_t j = 0; j < count; ++j) put(out.logstds + (k0 + j) * P + p, r[j] * (zsq[j] - A(C)), n > 0);
         }
       }
     }

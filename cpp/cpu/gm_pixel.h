@@ -19,7 +19,7 @@ namespace gmflow {
 namespace cpu {
 namespace GMFLOW_CPU_ISA {
 
-constexpr int64_t kTile = 16;          // pixels per tile
+constexpr int64_t kTile = 128;         // pixels per tile (long rows keep the prefetchers streaming)
 constexpr int64_t kMinTilePixels = 4;  // below this, use the packed-component order
 constexpr int64_t kBlock = 64;         // components per block in the packed order
 
@@ -38,33 +38,37 @@ struct BatchGm {
 // ---------------------------------------------------------------------------------------------
 // Pixel tiles
 
-// For component k and pixels p0 .. p0+count: log_std[v], inv_std[v] and the log
-// weight minus the normaliser, a[v] = log w_k - C log s_k - C/2 log 2pi.
+// For component k and pixels p0 .. p0+count: a[v] = log w_k - C log s_k - C/2 log 2pi.
+// inv_std[v] = 1/s_k and norm[v] = C log s_k + C/2 log 2pi are (re)computed only when
+// the std changes with k (the shared-std case computes them once per tile, at k == 0).
 template <int kWidth, typename T, typename A = acc_t<T>>
 GMFLOW_ALWAYS_INLINE void tile_component_prior(const GmOperands<T>& gm, const BatchGm<T>& g, int64_t p0,
-                                               int64_t count, int64_t k, A* GMFLOW_RESTRICT log_std,
-                                               A* GMFLOW_RESTRICT inv_std, A* GMFLOW_RESTRICT a) {
+                                               int64_t count, int64_t k, A* GMFLOW_RESTRICT inv_std,
+                                               A* GMFLOW_RESTRICT norm, A* GMFLOW_RESTRICT a) {
   const int64_t n = kWidth > 0 ? kWidth : count;
-  const A half_c_log2pi = A(0.5 * kLog2Pi) * A(gm.C);
-  const T* ls = g.logstds + (gm.logstds_k == 1 ? 0 : k * gm.logstds_sk);
-  if (gm.logstds_sp == 1) {
-    ls += p0;
+  if (k == 0 || gm.logstds_k != 1) {
+    const A half_c_log2pi = A(0.5 * kLog2Pi) * A(gm.C);
+    const T* ls = g.logstds + (gm.logstds_k == 1 ? 0 : k * gm.logstds_sk);
+    if (gm.logstds_sp == 1) {
+      ls += p0;
 #pragma omp simd
-    for (int64_t v = 0; v < n; ++v) {
-      log_std[v] = load_acc(ls + v);
-      inv_std[v] = fast_exp(-log_std[v]);
-    }
-  } else {
-    const A s = load_acc(ls);
-    const A inv = fast_exp(-s);
-    for (int64_t v = 0; v < n; ++v) {
-      log_std[v] = s;
-      inv_std[v] = inv;
+      for (int64_t v = 0; v < n; ++v) {
+        const A s = load_acc(ls + v);
+        inv_std[v] = fast_exp(-s);
+        norm[v] = A(gm.C) * s + half_c_log2pi;
+      }
+    } else {
+      const A s = load_acc(ls);
+      const A inv = fast_exp(-s), nrm = A(gm.C) * s + half_c_log2pi;
+      for (int64_t v = 0; v < n; ++v) {
+        inv_std[v] = inv;
+        norm[v] = nrm;
+      }
     }
   }
   const T* lw = g.logweights + k * gm.logweights_sk + p0;
 #pragma omp simd
-  for (int64_t v = 0; v < n; ++v) a[v] = load_acc(lw + v) - A(gm.C) * log_std[v] - half_c_log2pi;
+  for (int64_t v = 0; v < n; ++v) a[v] = load_acc(lw + v) - norm[v];
 }
 
 // a[v] -= |x - mu_k|^2 / (2 s_k^2) for the tile; x points at channel 0 of pixel p0.

@@ -46,14 +46,44 @@ GMFLOW_HD float fast_exp(float x) {
 
 GMFLOW_HD double fast_exp(double x) { return exp(x); }
 
-GMFLOW_HD float fast_log(float x) { return logf(x); }
+// log() for normal x > 0 that vectorises on the host (exponent split + Cephes-style
+// polynomial on [sqrt(1/2), sqrt(2)), max error ~2 ulp); x = 0 gives -inf, NaN and
+// negative x give NaN, +inf gives +inf. Device code uses the library log.
+GMFLOW_HD float fast_log(float x) {
+#if GMFLOW_DEVICE_CODE && defined(__CUDA_ARCH__)
+  return logf(x);
+#else
+  const uint32_t bits = float_bits(x);
+  int32_t e = static_cast<int32_t>((bits >> 23) & 0xffu) - 126;
+  float m = bits_float((bits & 0x007fffffu) | 0x3f000000u);  // mantissa in [0.5, 1)
+  const bool small = m < 0.70710678118654752f;
+  e = small ? e - 1 : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float p = 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  const float fe = static_cast<float>(e);
+  const float y = m * z * p - 2.12194440e-4f * fe - 0.5f * z;
+  float result = (m + y) + 0.693359375f * fe;
+  result = x == 0.0f ? -INFINITY : result;
+  result = x == INFINITY ? x : result;
+  return (x < 0.0f || x != x) ? NAN : result;
+#endif
+}
 GMFLOW_HD double fast_log(double x) { return log(x); }
 
 // max + log(sum), where max = -inf means "no finite term": -inf, or NaN if a NaN was summed.
 template <typename A>
 GMFLOW_HD A lse_result(A max_value, A sum) {
-  if (max_value == neg_infinity<A>()) return sum == A(0) ? max_value : sum;
-  return max_value + fast_log(sum);
+  const A empty = sum == A(0) ? max_value : sum;
+  return max_value == neg_infinity<A>() ? empty : max_value + fast_log(sum);
 }
 
 // Online logsumexp with a single exp per pushed value.
