@@ -82,20 +82,20 @@ def test_projected_cdf_matches_monte_carlo(angle):
 
 
 def test_metrics_on_reference_distributions():
-    x = DATA.sample(100_000, torch.Generator().manual_seed(2))
+    x = DATA.sample(50_000, torch.Generator().manual_seed(2))
     m = sample_metrics(x)
-    assert m["inside"] == 1.0 and m["js_bits"] < 0.01 and m["swd"] < 0.015
-    noise = torch.randn(100_000, 2, generator=torch.Generator().manual_seed(3)) * 2.5
+    assert m["inside"] == 1.0 and m["js_bits"] < 0.015 and m["swd"] < 0.02
+    noise = torch.randn(50_000, 2, generator=torch.Generator().manual_seed(3)) * 2.5
     bad = sample_metrics(noise)
     assert bad["inside"] < 0.45 and bad["js_bits"] > 0.3 and bad["swd"] > 0.2
     # W1 between a law and its translate by d is exactly |d cos(theta)|: mean over the 64 angles
     d = 1.0
     shifted = sliced_wasserstein(x + torch.tensor([d, 0.0]))
     expected = d * sum(abs(math.cos(math.pi * j / 64)) for j in range(64)) / 64
-    assert shifted == pytest.approx(expected, abs=0.015)
+    assert shifted == pytest.approx(expected, abs=0.02)
     # far outliers count with their full distance (the exact tail term)
     far = x.clone()
-    far[:1000] = 100.0
+    far[:500] = 100.0
     assert sliced_wasserstein(far) > 0.01 * 80
     assert js_divergence_bits(torch.full((1000, 2), 50.0)) == pytest.approx(1.0, abs=1e-9)
     assert fraction_inside(torch.full((10, 2), 50.0)) == 0.0

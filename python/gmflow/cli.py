@@ -163,7 +163,10 @@ def add_toy_parser(sub) -> None:
     toy.add_argument("--log-every", type=positive_int, default=d.log_every, help=f"loss log period (default {d.log_every})")
     toy.add_argument("--no-progress", action="store_true", help="no progress bars")
     toy.add_argument("--threads", type=positive_int, default=None,
-                     help="torch intra-op threads (default: torch's choice, one per core)")
+                     help="torch intra-op threads in total (default: torch's choice, one per core)")
+    toy.add_argument("--jobs", type=positive_int, default=2,
+                     help="worker processes on CPU: the two models train and sample side by side, each with "
+                     "threads/jobs threads (default 2; 1 = everything in this process)")
 
 
 def run_toy(args: argparse.Namespace) -> dict:
@@ -179,7 +182,7 @@ def run_toy(args: argparse.Namespace) -> dict:
         train=train, gm_nfe=tuple(sorted(set(args.nfe))), baseline=not args.no_baseline,
         baseline_nfe=tuple(sorted(set(args.baseline_nfe))), samples=args.samples, out=args.out,
         reuse_checkpoints=args.reuse_checkpoints, progress=not args.no_progress,
-        ode_total_substeps=args.ode_substeps_total,
+        ode_total_substeps=args.ode_substeps_total, jobs=args.jobs,
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)

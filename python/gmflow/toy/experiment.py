@@ -3,12 +3,19 @@ same budget, sample every (solver, NFE) setting, score against the exact density
 
 Outputs under ``out``: ``checkpoints/{gmflow_k<K>,baseline_k1}.pt``, ``samples/<solver>_nfe<N>.npy``
 (float32, N x 2), ``metrics.json``, ``toy_grid.png``; the table is printed.
+
+With ``jobs = 2`` (the default on a CPU) the two models are trained, then sampled, in two worker
+processes at once, each with half of the intra-op threads: on a small machine two single-threaded
+processes keep both cores busy without the thread-pool stalls of small multi-threaded ops.
+Every sample set has its own seeded generator, so ``jobs`` does not change what is drawn.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -18,7 +25,7 @@ import torch
 
 from .data import Checkerboard
 from .evaluate import format_table, sample_metrics, sample_toy, write_histogram_grid
-from .train import ToyTrainConfig, TrainResult, load_checkpoint, save_checkpoint, train_toy
+from .train import ToyTrainConfig, load_checkpoint, save_checkpoint, train_toy
 
 __all__ = ["ToyExperiment", "acceptance_checks", "run_toy_experiment"]
 
@@ -36,6 +43,7 @@ class ToyExperiment:
     out: Path = Path("out/toy")
     reuse_checkpoints: bool = False
     progress: bool = True
+    jobs: int = 2
 
 
 def acceptance_checks(rows: list[dict], k: int) -> list[dict]:
@@ -55,28 +63,70 @@ def acceptance_checks(rows: list[dict], k: int) -> list[dict]:
     return checks
 
 
-def _train_or_load(config: ToyTrainConfig, path: Path, exp: ToyExperiment, say: Callable[[str], None],
-                   desc: str) -> TrainResult:
-    if exp.reuse_checkpoints and path.exists():
+# ------------------------------------------------------------------------------------------
+# jobs (top-level functions: they also run in spawned worker processes)
+
+
+def _say(message: str, progress: bool) -> None:
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    else:
+        print(message, flush=True)
+
+
+def _train_job(config: dict, path: str, desc: str, reuse: bool, progress: bool, threads: int | None,
+               position: int | None) -> dict:
+    """Trains (or reuses) one model and saves its checkpoint; returns its history and time."""
+    if threads:
+        torch.set_num_threads(threads)
+    config = ToyTrainConfig(**config)
+    path = Path(path)
+    if reuse and path.exists():
         result = load_checkpoint(path, config.device)
         if asdict(result.config) == asdict(config):
-            say(f"{desc}: reusing {path}")
-            return result
-        say(f"{desc}: {path} was trained with another config; retraining")
+            _say(f"{desc}: reusing {path}", progress)
+            return {"history": result.history, "seconds": result.seconds, "reused": True}
+        _say(f"{desc}: {path} was trained with another config; retraining", progress)
 
     def on_log(record: dict) -> None:
-        msg = f"  [{desc}] iter {record['iter']:>6d}  loss {record['loss']:.4f}  ({record['seconds']:.0f} s)"
-        if exp.progress:
-            from tqdm.auto import tqdm
+        _say(f"  [{desc}] iter {record['iter']:>6d}  loss {record['loss']:.4f}  ({record['seconds']:.0f} s)", progress)
 
-            tqdm.write(msg)
-        else:
-            say(msg)
-
-    result = train_toy(config, progress=exp.progress, on_log=on_log, desc=desc)
+    result = train_toy(config, progress=progress, on_log=on_log, desc=desc, position=position)
     save_checkpoint(result, path)
-    say(f"{desc}: trained {config.iters} iterations in {result.seconds:.0f} s -> {path}")
-    return result
+    _say(f"{desc}: trained {config.iters} iterations in {result.seconds:.0f} s -> {path}", progress)
+    return {"history": result.history, "seconds": result.seconds, "reused": False}
+
+
+def _sample_job(path: str, device: str, settings: list[tuple[str, int, int]], samples: int, out: str,
+                ode_total_substeps: int, progress: bool, threads: int | None) -> list[dict]:
+    """Samples one model at each ``(solver, nfe, seed)``; saves the .npy files; returns the metric rows."""
+    if threads:
+        torch.set_num_threads(threads)
+    result = load_checkpoint(path, device)
+    model = result.sampling_model
+    data = Checkerboard()
+    rows = []
+    for solver, nfe, seed in settings:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        start = time.perf_counter()
+        x = sample_toy(model, solver, nfe, samples, generator, device, ode_total_substeps=ode_total_substeps)
+        np.save(Path(out) / "samples" / f"{solver}_nfe{nfe}.npy", x.numpy().astype(np.float32))
+        row = {"solver": solver, "nfe": nfe, "k": result.config.k, **sample_metrics(x, data),
+               "seconds": time.perf_counter() - start}
+        rows.append(row)
+        _say(f"  {solver:<9} NFE {nfe:>2d}: inside {row['inside']:.4f}  JS {row['js_bits']:.4f} bits  "
+             f"SW1 {row['swd']:.4f}  ({row['seconds']:.1f} s)", progress)
+    return rows
+
+
+def _run_all(pool: ProcessPoolExecutor | None, fn, calls: list[tuple]) -> list:
+    """``[fn(*args) for args in calls]``, in the worker processes of ``pool`` if there is one."""
+    if pool is None:
+        return [fn(*args) for args in calls]
+    futures = [pool.submit(fn, *args) for args in calls]
+    return [f.result() for f in futures]
 
 
 def run_toy_experiment(exp: ToyExperiment, say: Callable[[str], None] = print) -> dict:
@@ -84,42 +134,56 @@ def run_toy_experiment(exp: ToyExperiment, say: Callable[[str], None] = print) -
     start = time.perf_counter()
     out = Path(exp.out)
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    device = torch.device(exp.train.device)
+    jobs = exp.jobs if torch.device(exp.train.device).type == "cpu" else 1
+    jobs = min(jobs, 2 if exp.baseline else 1)
+    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else None
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else None
+    try:
+        return _run(exp, out, start, jobs, threads, pool, say)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | None,
+         pool: ProcessPoolExecutor | None, say: Callable[[str], None]) -> dict:
     timings: dict[str, float] = {}
 
-    models: dict[str, TrainResult] = {}
-    t0 = time.perf_counter()
-    models["gm"] = _train_or_load(exp.train, out / "checkpoints" / f"gmflow_k{exp.train.k}.pt", exp, say,
-                                  f"GMFlow K={exp.train.k}")
-    timings["train_gmflow_s"] = time.perf_counter() - t0
+    configs = {"gm": exp.train}
+    paths = {"gm": out / "checkpoints" / f"gmflow_k{exp.train.k}.pt"}
+    names = {"gm": f"GMFlow K={exp.train.k}"}
     if exp.baseline:
-        t0 = time.perf_counter()
-        base_cfg = replace(exp.train, k=1)
-        models["fm"] = _train_or_load(base_cfg, out / "checkpoints" / "baseline_k1.pt", exp, say, "baseline K=1")
-        timings["train_baseline_s"] = time.perf_counter() - t0
+        configs["fm"] = replace(exp.train, k=1)
+        paths["fm"] = out / "checkpoints" / "baseline_k1.pt"
+        names["fm"] = "baseline K=1"
+    keys = list(configs)
+    t0 = time.perf_counter()
+    trained = _run_all(pool, _train_job, [(asdict(configs[k]), str(paths[k]), names[k], exp.reuse_checkpoints,
+                                           exp.progress, threads, i if jobs > 1 else None) for i, k in enumerate(keys)])
+    timings["train_s"] = time.perf_counter() - t0
+    histories = {k: t["history"] for k, t in zip(keys, trained)}
 
-    settings = [(s, n, "gm") for s in exp.gm_solvers for n in exp.gm_nfe]
+    # every setting gets its own generator seed, independent of how the work is split
+    settings = {"gm": [(s, n) for s in exp.gm_solvers for n in exp.gm_nfe]}
     if exp.baseline:
-        settings += [(exp.baseline_solver, n, "fm") for n in exp.baseline_nfe]
-    data = Checkerboard()
-    rows, grid = [], {}
+        settings["fm"] = [(exp.baseline_solver, n) for n in exp.baseline_nfe]
+    seeded, i = {}, 0
+    for k in keys:
+        seeded[k] = []
+        for solver, nfe in settings[k]:
+            seeded[k].append((solver, nfe, exp.train.seed * 1000 + 17 + i))
+            i += 1
+    say(f"sampling {exp.samples} points for each of {i} settings")
     t0 = time.perf_counter()
-    say(f"sampling {exp.samples} points for each of {len(settings)} settings")
-    for i, (solver, nfe, which) in enumerate(settings):
-        # one generator per setting: each sample set is reproducible on its own
-        generator = torch.Generator(device=device).manual_seed(exp.train.seed * 1000 + 17 + i)
-        ts = time.perf_counter()
-        x = sample_toy(models[which].sampling_model, solver, nfe, exp.samples, generator, device,
-                       ode_total_substeps=exp.ode_total_substeps)
-        np.save(out / "samples" / f"{solver}_nfe{nfe}.npy", x.numpy().astype(np.float32))
-        metrics = sample_metrics(x, data)
-        row = {"solver": solver, "nfe": nfe, "k": models[which].config.k, **metrics,
-               "seconds": time.perf_counter() - ts}
-        rows.append(row)
-        grid.setdefault(solver, {})[nfe] = x
-        say(f"  {solver:<9} NFE {nfe:>2d}: inside {metrics['inside']:.4f}  JS {metrics['js_bits']:.4f} bits  "
-            f"SW1 {metrics['swd']:.4f}  ({row['seconds']:.1f} s)")
+    sampled = _run_all(pool, _sample_job, [(str(paths[k]), exp.train.device, seeded[k], exp.samples, str(out),
+                                            exp.ode_total_substeps, exp.progress, threads) for k in keys])
     timings["sampling_s"] = time.perf_counter() - t0
+    rows = [row for part in sampled for row in part]
+
+    grid: dict[str, dict[int, torch.Tensor]] = {}
+    for row in rows:
+        x = np.load(out / "samples" / f"{row['solver']}_nfe{row['nfe']}.npy")
+        grid.setdefault(row["solver"], {})[row["nfe"]] = torch.from_numpy(x)
     png = write_histogram_grid(out / "toy_grid.png", grid)
     timings["total_s"] = time.perf_counter() - start
     checks = acceptance_checks(rows, exp.train.k) if exp.baseline else []
@@ -129,10 +193,11 @@ def run_toy_experiment(exp: ToyExperiment, say: Callable[[str], None] = print) -
         "results": rows,
         "acceptance": checks,
         "acceptance_passed": all(c["passed"] for c in checks) if checks else None,
-        "train_history": {k: m.history for k, m in models.items()},
+        "train_history": histories,
         "timings": timings,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "jobs": jobs,
+        "threads_per_job": threads or torch.get_num_threads(),
     }
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     say("")
@@ -142,5 +207,7 @@ def run_toy_experiment(exp: ToyExperiment, say: Callable[[str], None] = print) -
         for c in checks:
             say(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['check']}: {c['gmflow']:.4f} vs {c['baseline']:.4f}")
     say("")
-    say(f"wrote {out / 'samples'}/*.npy, {out / 'metrics.json'}, {png}  (total {timings['total_s']:.0f} s)")
+    say(f"wrote {out / 'samples'}/*.npy, {out / 'metrics.json'}, {png}")
+    say(f"time: training {timings['train_s']:.0f} s, sampling {timings['sampling_s']:.0f} s, "
+        f"total {timings['total_s']:.0f} s")
     return record

@@ -41,6 +41,8 @@ class ToyTrainConfig:
     batch_size: int = 2048
     lr: float = 1e-3
     warmup: int = 200
+    lr_schedule: str = "constant"  # or "cosine": cosine decay after the warm-up to final_lr_ratio * lr
+    final_lr_ratio: float = 0.1
     trans_ratio: float = 0.9
     ema: bool = True
     ema_gamma: float = 7.0
@@ -62,6 +64,10 @@ class ToyTrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 < self.trans_ratio <= 1:
             raise ValueError(f"trans_ratio must be in (0, 1], got {self.trans_ratio}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         if self.ema_gamma < 0:
             raise ValueError(f"ema_gamma must be >= 0, got {self.ema_gamma}")
 
@@ -92,6 +98,10 @@ def karras_ema_beta(n: int, gamma: float = 7.0) -> float:
 def _lr_at(config: ToyTrainConfig, i: int) -> float:
     if config.warmup and i < config.warmup:
         return config.lr * (1 - (1 - i / config.warmup) * 0.999)
+    if config.lr_schedule == "cosine":
+        progress = (i - config.warmup) / max(config.iters - config.warmup, 1)
+        ratio = config.final_lr_ratio + (1 - config.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return config.lr * ratio
     return config.lr
 
 
@@ -106,6 +116,7 @@ def train_toy(
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
     desc: str | None = None,
+    position: int | None = None,
 ) -> TrainResult:
     """Trains a toy model from scratch; ``on_log`` receives each logged record (default: logging)."""
     device = torch.device(config.device)
@@ -119,7 +130,8 @@ def train_toy(
     history: list[dict] = []
     start = time.perf_counter()
     running, count = 0.0, 0
-    bar = tqdm(range(config.iters), desc=desc or f"train K={config.k}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(config.iters), desc=desc or f"train K={config.k}", disable=not progress, dynamic_ncols=True,
+               position=position)
     for i in bar:
         lr = _lr_at(config, i)
         for group in optimizer.param_groups:
