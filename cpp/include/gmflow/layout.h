@@ -23,6 +23,10 @@ struct BatchLayout {
 
   // Element offset of flattened batch index b in every operand.
   GMFLOW_HD void offsets(int64_t b, int64_t (&out)[kOperands]) const {
+    if (ndim == 1) {  // the common case needs no division
+      for (int t = 0; t < kOperands; ++t) out[t] = b * strides[t][0];
+      return;
+    }
     for (int t = 0; t < kOperands; ++t) out[t] = 0;
     for (int d = ndim - 1; d >= 0; --d) {
       const int64_t size = sizes[d];
