@@ -11,7 +11,8 @@
   re-conditioned on the moving state (:func:`gmflow.ops.gm_posterior_mean`).
 - ``order=2`` adds the second-order GM solver (:class:`GMSecondOrderSolver`); ``guidance_scale > 0``
   probabilistic guidance (the model is then called on ``cat([x, x])``: first half unconditional,
-  second half conditional, as in the original ``forward_test``).
+  second half conditional, as in the original ``forward_test``; ``cond_first=True`` swaps the halves,
+  as the diffusers pipeline does).
 
 Every random draw uses ``generator``: a seeded generator reproduces a sample exactly.
 
@@ -116,6 +117,7 @@ def gmflow_sample(
     generator: torch.Generator | None = None,
     return_intermediates: bool = False,
     progress: bool = False,
+    cond_first: bool = False,
 ) -> SamplingOutput:
     """Samples ``x_0`` from noise ``x_T (B, C, H, W)`` with ``num_steps`` network calls (spec §8).
 
@@ -125,7 +127,9 @@ def gmflow_sample(
     The second-order solver uses ``gm2_coefs = (ca, cb)`` and ``gm2_correction_steps``.
     ``guidance_scale`` (float or ``(B,)`` tensor in [0, 1)) > 0 enables probabilistic guidance with
     ``orthogonal_guidance``. The spectrum net (``'sample'`` mode only) maps the x0 Gaussian to a log
-    power spectrum for spatially correlated draws. Returns the samples (input dtype) and, if
+    power spectrum for spatially correlated draws. With guidance the model sees ``cat([x, x])`` and must
+    condition the first half on nothing and the second on the labels, or the reverse with
+    ``cond_first=True``. Returns the samples (input dtype) and, if
     ``return_intermediates``, one :class:`Intermediate` per step.
     """
     _check_common(noise, num_steps)
@@ -165,8 +169,9 @@ def gmflow_sample(
         gm_u = model(x_in, _batch_time(t, x_in.shape[0], x.dtype)).map(lambda v: v.to(x.dtype))
         gm = ops.u_to_x_0(gm_u, x_in, t, num_timesteps=T)
         if guided:
-            gm_uncond = gm.map(lambda v: v[:B] if v.shape[0] == 2 * B else v)
-            gm_cond = gm.map(lambda v: v[B:] if v.shape[0] == 2 * B else v)
+            first = gm.map(lambda v: v[:B] if v.shape[0] == 2 * B else v)
+            second = gm.map(lambda v: v[B:] if v.shape[0] == 2 * B else v)
+            gm_cond, gm_uncond = (first, second) if cond_first else (second, first)
             g = guide_gm(gm_cond, gm_uncond, w_dev, orthogonal_guidance)
             gm, gaussian_output = g.gm, g.gaussian_output
             extra = dict(w=w_dev, gm_cond=g.gm_cond, gaussian_cond=g.gaussian_cond, avg_var=g.avg_var,
