@@ -141,6 +141,8 @@ def add_toy_parser(sub) -> None:
     toy.add_argument("--iters", type=positive_int, default=d.iters, help=f"training iterations per model (default {d.iters})")
     toy.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"default {d.batch_size}")
     toy.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
+    toy.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule,
+                     help=f"after the warm-up: cosine decay to 0.1 lr, or constant (default {d.lr_schedule})")
     toy.add_argument("--warmup", type=nonnegative_int, default=d.warmup, help=f"linear warm-up iterations (default {d.warmup})")
     toy.add_argument("--trans-ratio", type=unit_interval, default=d.trans_ratio,
                      help=f"transition ratio lambda in (0, 1]; 1 = plain x0 NLL (default {d.trans_ratio})")
@@ -177,6 +179,7 @@ def run_toy(args: argparse.Namespace) -> dict:
 
     train = ToyTrainConfig(
         k=args.k, iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        lr_schedule=args.lr_schedule,
         trans_ratio=args.trans_ratio, ema=not args.no_ema, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
         seed=args.seed, device=args.device, log_every=args.log_every,
     )
@@ -189,7 +192,7 @@ def run_toy(args: argparse.Namespace) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"gmflow toy: K={args.k} and the K=1 baseline, {args.iters} iterations x batch {args.batch_size} each, "
-          f"device {args.device}, {torch.get_num_threads()} threads, output {args.out}")
+          f"device {args.device}, {torch.get_num_threads()} threads in {args.jobs} job(s), output {args.out}")
     return run_toy_experiment(exp)
 
 

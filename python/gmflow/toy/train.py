@@ -37,11 +37,11 @@ class ToyTrainConfig:
     """Everything that defines a toy training run (saved into checkpoints)."""
 
     k: int = 64
-    iters: int = 3000
-    batch_size: int = 2048
+    iters: int = 10_000
+    batch_size: int = 1024
     lr: float = 1e-3
     warmup: int = 200
-    lr_schedule: str = "constant"  # or "cosine": cosine decay after the warm-up to final_lr_ratio * lr
+    lr_schedule: str = "cosine"  # or "constant"; cosine decays after the warm-up to final_lr_ratio * lr
     final_lr_ratio: float = 0.1
     trans_ratio: float = 0.9
     ema: bool = True
@@ -52,7 +52,7 @@ class ToyTrainConfig:
     loss_scale: float = 2.0
     seed: int = 0
     device: str = "cpu"
-    log_every: int = 500
+    log_every: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("k", "iters", "batch_size", "hidden_dim", "num_layers", "log_every"):
