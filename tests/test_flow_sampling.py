@@ -208,6 +208,26 @@ def test_guidance_in_the_loop():
     assert calls == [32, 32, 32] and out.shape == noise.shape and torch.isfinite(out).all()
 
 
+def test_guidance_batch_order():
+    """uncond first (forward_test) by default; cond_first=True (the pipelines' order) swaps the halves."""
+    cond_net, uncond_net = TinyGM(seed=1), TinyGM(seed=2)
+
+    def model(first, second):
+        def run(x, t):
+            B = x.shape[0] // 2
+            a, b = first(x[:B], t[:B]), second(x[B:], t[B:])
+            return GaussianMixture(*(torch.cat([u, v]) for u, v in zip(a, b)))
+        return run
+
+    noise = torch.randn(8, 2, 1, 1)
+    kw = dict(output_mode="mean", guidance_scale=0.5, order=2, num_substeps=2)
+    a = gmflow_sample(model(uncond_net, cond_net), noise, 3, **kw).samples
+    b = gmflow_sample(model(cond_net, uncond_net), noise, 3, cond_first=True, **kw).samples
+    c = gmflow_sample(model(cond_net, uncond_net), noise, 3, **kw).samples
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
 def test_custom_scheduler_and_shift():
     model = TinyGM()
     noise = torch.randn(8, 2, 1, 1)
