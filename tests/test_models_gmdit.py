@@ -74,6 +74,7 @@ def test_config_round_trip_and_validation():
     assert GMDiTConfig.from_dict({**RELEASED_TRANSFORMER_CONFIG, "_class_name": "x"}) == GMDIT_IMAGENET_K8
     assert GMDIT_IMAGENET_K8.to_dict() == RELEASED_TRANSFORMER_CONFIG
     assert GMDiTConfig().num_gaussians == 16  # the upstream class default
+    assert tiny().config == GMDiT(TINY_TRANSFORMER_CONFIG).config == GMDiT.from_config(TINY_TRANSFORMER_CONFIG).config
     for bad, match in [(dict(norm_type="layer_norm"), "norm_type"), (dict(patch_size=3), "multiple of patch_size"),
                        (dict(norm_elementwise_affine=True), "affine"), (dict(activation_fn="relu"), "activation_fn"),
                        (dict(num_layers=0), "num_layers")]:

@@ -100,6 +100,9 @@ def test_bf16_transformer_keeps_fp32_gm_math(folder):
     assert (a.latents - b.latents).abs().max() < 0.1 * b.latents.abs().max()
     s = _sde(pipe, 0)
     assert torch.isfinite(s.latents).all()
+    # casting a loaded pipeline gives the same sampler as loading it in that dtype
+    assert ref.to("cpu", torch.bfloat16) is ref and ref.spectrum_net.dtype == torch.bfloat16
+    assert torch.equal(_ode(ref, 0).latents, a.latents)
 
 
 def test_get_label_ids(pipe):

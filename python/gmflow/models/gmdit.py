@@ -347,8 +347,10 @@ class GMDiT(nn.Module):
     :meth:`enable_gradient_checkpointing` checkpoints every block (non-reentrant) when grads are on.
     """
 
-    def __init__(self, config: GMDiTConfig | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: GMDiTConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__()
+        if isinstance(config, Mapping):
+            config = GMDiTConfig.from_dict(config)
         if config is None:
             config = GMDiTConfig(**kwargs)
         elif kwargs:
