@@ -33,6 +33,8 @@ def _one_thread():
         (["--lr", "0"], "argument --lr: must be a positive number, got 0"),
         (["--device", "nodevice"], "argument --device: not a torch device"),
         (["--seed", "-1"], "argument --seed: must be a non-negative integer"),
+        (["--timestep-shift", "0"], "argument --timestep-shift: must be a positive number, got 0"),
+        (["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )

@@ -181,6 +181,10 @@ def test_train_config_validation():
         ToyTrainConfig(trans_ratio=0.0)
     with pytest.raises(ValueError, match="lr"):
         ToyTrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="timestep_shift"):
+        ToyTrainConfig(timestep_shift=0.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ToyTrainConfig(lr_schedule="step")
 
 
 # ----------------------------------------------------------------------------------------

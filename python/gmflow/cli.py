@@ -146,6 +146,8 @@ def add_toy_parser(sub) -> None:
     toy.add_argument("--warmup", type=nonnegative_int, default=d.warmup, help=f"linear warm-up iterations (default {d.warmup})")
     toy.add_argument("--trans-ratio", type=unit_interval, default=d.trans_ratio,
                      help=f"transition ratio lambda in (0, 1]; 1 = plain x0 NLL (default {d.trans_ratio})")
+    toy.add_argument("--timestep-shift", type=positive_float, default=d.timestep_shift,
+                     help=f"shift of the training timestep sampler; < 1 favours low noise (default {d.timestep_shift})")
     toy.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the karras EMA")
     toy.add_argument("--hidden-dim", type=positive_int, default=d.hidden_dim,
                      help=f"MLP width (default {d.hidden_dim}; the paper's model: 512)")
@@ -180,7 +182,8 @@ def run_toy(args: argparse.Namespace) -> dict:
     train = ToyTrainConfig(
         k=args.k, iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         lr_schedule=args.lr_schedule,
-        trans_ratio=args.trans_ratio, ema=not args.no_ema, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
+        trans_ratio=args.trans_ratio, timestep_shift=args.timestep_shift, ema=not args.no_ema,
+        hidden_dim=args.hidden_dim, num_layers=args.num_layers,
         seed=args.seed, device=args.device, log_every=args.log_every,
     )
     exp = ToyExperiment(

@@ -44,6 +44,7 @@ class ToyTrainConfig:
     lr_schedule: str = "cosine"  # or "constant"; cosine decays after the warm-up to final_lr_ratio * lr
     final_lr_ratio: float = 0.1
     trans_ratio: float = 0.9
+    timestep_shift: float = 1.0  # shift of the training-time sampler (< 1 favours low noise)
     ema: bool = True
     ema_gamma: float = 7.0
     hidden_dim: int = 256
@@ -68,6 +69,8 @@ class ToyTrainConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0 <= self.final_lr_ratio <= 1:
             raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+        if not self.timestep_shift > 0:
+            raise ValueError(f"timestep_shift must be positive, got {self.timestep_shift}")
         if self.ema_gamma < 0:
             raise ValueError(f"ema_gamma must be >= 0, got {self.ema_gamma}")
 
@@ -126,7 +129,7 @@ def train_toy(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(config.seed + 1)
     data = Checkerboard()
-    sampler = TimestepSampler()
+    sampler = TimestepSampler(shift=config.timestep_shift)
     history: list[dict] = []
     start = time.perf_counter()
     running, count = 0.0, 0
