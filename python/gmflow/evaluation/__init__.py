@@ -1,0 +1,47 @@
+"""Evaluation: Inception metrics and the sampling sweep (MODELS_AND_TRAINING.md §3.6 - §3.8, §7.7).
+
+=====================  =====================================================================
+``metrics``            ``frechet_distance``, ``inception_score``, ``precision_recall`` (k-NN,
+                       k = 3), ``InceptionFeatureNet`` (local TorchScript Inception-v3),
+                       ``InceptionMetrics``, ``ReferenceStats`` / ``load_reference_stats``
+``sampling``           ``EvalSetting`` (gmode2 / gmsde2, NFE, sub-steps, guidance), the
+                       deterministic per-item test set, ``evaluate_setting``
+``sweep``              ``run_sweep``: the §3.7 grid, resumable, a results table
+=====================  =====================================================================
+"""
+
+from .metrics import (
+    InceptionFeatureNet,
+    InceptionMetrics,
+    ReferenceStats,
+    feature_statistics,
+    frechet_distance,
+    images_to_uint8,
+    inception_score,
+    knn_radii,
+    load_reference_stats,
+    precision_recall,
+    save_reference_stats,
+)
+from .sampling import METHODS, EvalSetting, decode_latents, evaluate_setting, item_labels, item_noise, sample_latents
+
+__all__ = [
+    "METHODS",
+    "EvalSetting",
+    "InceptionFeatureNet",
+    "InceptionMetrics",
+    "ReferenceStats",
+    "decode_latents",
+    "evaluate_setting",
+    "feature_statistics",
+    "frechet_distance",
+    "images_to_uint8",
+    "inception_score",
+    "item_labels",
+    "item_noise",
+    "knn_radii",
+    "load_reference_stats",
+    "precision_recall",
+    "sample_latents",
+    "save_reference_stats",
+]
