@@ -5,6 +5,10 @@
                      NFEs, score the samples against the exact density, write .npy/JSON/PNG
     gmflow sample    class-conditional ImageNet images from a GM-DiT pipeline folder (the layout of
                      Lakonik/gmflow_imagenet_k8_ema): GM-ODE 2 / GM-SDE 2 with probabilistic guidance
+    gmflow cache-latents   ImageNet folder + list file -> SD-VAE latents (one .pth per image), resumable,
+                     sharded over torchrun ranks
+    gmflow train     train GM-DiT on cached latents (plain or under torchrun), exact resume
+    gmflow evaluate  sweep solvers x guidance scales: FID / IS / precision / recall, resumable table
     gmflow demo      fit a 64-component Gaussian mixture to the 2-D checkerboard by
                      maximum likelihood with the native gm_logprob kernel, then sample it
     gmflow info      same as ``python -m gmflow.info``
@@ -288,11 +292,168 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+# -- ImageNet: cache-latents, train, evaluate -------------------------------------------------------------------
+def add_cache_parser(sub) -> None:
+    p = sub.add_parser(
+        "cache-latents",
+        help="encode ImageNet images into SD-VAE latents (one .pth per image; resumable; torchrun-sharded)",
+        description="ADM center crop to --image-size, a random horizontal flip decided once per image, the VAE "
+        "posterior sample x scaling_factor (0.18215), written to OUT/<wnid>/<file>.pth as {x, y} plus the list "
+        "OUT.txt. Images already cached are skipped; under torchrun each rank takes every WORLD-th entry. The "
+        "VAE is a local diffusers AutoencoderKL folder (gmflow[diffusers]); nothing is downloaded.",
+    )
+    p.add_argument("--images", type=Path, required=True, help="image root, e.g. data/imagenet/train")
+    p.add_argument("--list", type=Path, required=True, help="list file of '<wnid>/<file>.JPEG <label>' lines")
+    p.add_argument("--vae", type=Path, required=True, help="local AutoencoderKL folder (e.g. sd-vae-ft-ema)")
+    p.add_argument("--out", type=Path, required=True, help="output root, e.g. data/imagenet/train_cache")
+    p.add_argument("--out-list", type=Path, default=None, help="output list file (default OUT.txt)")
+    p.add_argument("--image-size", type=positive_int, default=256, help="crop size (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per VAE call (default 32)")
+    p.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader workers (default 4)")
+    p.add_argument("--seed", type=int, default=2021, help="seed of the flips and posterior draws (default 2021)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="VAE dtype (default float32)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:<local rank> if available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cache_latents(args: argparse.Namespace) -> int:
+    from gmflow.data import cache_latents
+
+    result = cache_latents(args.images, args.list, args.vae, args.out, args.out_list, image_size=args.image_size,
+                           batch_size=args.batch_size, num_workers=args.workers, seed=args.seed, device=args.device,
+                           dtype=getattr(torch, args.dtype), progress=not args.no_progress)
+    listed = f"; wrote {result.list_file}" if result.list_file else ""
+    print(f"cache-latents: {result.written} written, {result.skipped} already cached (of {result.total} in the list) "
+          f"in {result.seconds:.1f} s{listed}")
+    return 0
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train GM-DiT on cached latents (torchrun: NCCL on GPU, gloo on CPU; exact resume)",
+        description="Train GM-DiT with the GMFlow transition + spectral losses on the latents of "
+        "`gmflow cache-latents`. Launch plainly or with `torchrun --nproc_per_node N -m gmflow.cli train ...`. "
+        "The config is a JSON file of TrainConfig fields (`gmflow train --print-config` shows the defaults, the "
+        "paper's run); --set overrides single fields. Checkpoints go to WORK_DIR/checkpoints (latest.pth); by "
+        "default a run resumes from the newest complete one, bit-identically.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="JSON config (default: the paper's run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set iters=1000 --set model.num_layers=12 (repeatable)")
+    p.add_argument("--work-dir", default=None, help="run directory (checkpoints, logs, TensorBoard)")
+    p.add_argument("--resume", default="auto",
+                   help="auto (default: the newest loadable checkpoint of the work dir), none, or a checkpoint path")
+    p.add_argument("--no-validate", action="store_true", help="skip the validation hook")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from gmflow.train import TrainConfig, Trainer, apply_overrides
+
+    data = TrainConfig.from_file(args.config).to_dict() if args.config else TrainConfig().to_dict()
+    overrides = list(args.overrides)
+    if args.work_dir is not None:
+        overrides.append(f"work_dir={json.dumps(str(args.work_dir))}")
+    if args.no_progress:
+        overrides.append("progress=false")
+    config = TrainConfig.from_dict(apply_overrides(data, overrides))
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    summary = Trainer(config, resume=args.resume, validate=not args.no_validate).fit()
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        src = f" (resumed from {summary.resumed_from})" if summary.resumed_from else ""
+        print(f"gmflow train: iterations {summary.start_iter} -> {summary.end_iter}{src}; work dir {summary.work_dir}")
+    return 0
+
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="sweep GM solvers x guidance scales; FID / IS / precision / recall; resumable results table",
+        description="Sample the deterministic 50K test set (label of item i from seed i, noise from seed i+1000) "
+        "with every setting of the sweep (default: the paper's 80: NFE/sub-steps 8/16 and 32/4, gmode2 and "
+        "gmsde2, 20 guidance scales), decode with the VAE, score against the reference statistics and write "
+        "OUT/results/<setting>.json, OUT/results.md, OUT/results.csv. Settings already done are skipped. Runs "
+        "under torchrun (the items are sharded). Every file is local; nothing is downloaded.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="pipeline folder (model_index.json layout) or training checkpoint iter_N.pth (EMA weights)")
+    p.add_argument("--inception", type=Path, required=True,
+                   help="TorchScript Inception-v3 (NVIDIA inception-2015-12-05.pt), a local file")
+    p.add_argument("--reference", type=Path, required=True,
+                   help="reference statistics: .pkl (mean, cov, real_feats_np), .npz or .pt")
+    p.add_argument("--vae", type=Path, default=None, help="AutoencoderKL folder (default: the pipeline's vae/)")
+    p.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory (default out/eval)")
+    p.add_argument("--methods", nargs="+", choices=("gmode2", "gmsde2", "gmode1", "gmsde1"),
+                   default=["gmode2", "gmsde2"], help="solvers (default gmode2 gmsde2)")
+    p.add_argument("--nfe", nargs="+", default=["8:16", "32:4"], metavar="NFE:SUBSTEPS",
+                   help="NFE and GM-ODE sub-steps pairs (default 8:16 32:4; GM-SDE uses 1 sub-step)")
+    p.add_argument("--guidance", type=guidance_scale, nargs="+", default=None,
+                   help="probabilistic guidance scales (default: the paper's 20, 0.02 ... 0.75)")
+    p.add_argument("--num-samples", type=positive_int, default=50_000, help="test items (default 50000)")
+    p.add_argument("--batch-size", type=positive_int, default=125, help="items per rank and batch (default 125)")
+    p.add_argument("--seed", type=int, default=2021, help="seed of the GM-SDE draws (default 2021)")
+    p.add_argument("--viz-every", type=nonnegative_int, default=256,
+                   help="save the PNGs of every Nth batch (0: none; default 256)")
+    p.add_argument("--class-names", type=Path, default=None, help="imagenet1000_clsidx_to_labels.txt for PNG names")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="network dtype (auto: bfloat16 on CUDA, float32 on CPU); the GM math is float32")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:<local rank> if available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _nfe_pair(text: str) -> tuple[int, int]:
+    nfe, _, sub = text.partition(":")
+    try:
+        pair = (int(nfe), int(sub or 1))
+    except ValueError:
+        raise ValueError(f"--nfe takes NFE:SUBSTEPS pairs like 8:16, got {text!r}") from None
+    if min(pair) < 1:
+        raise ValueError(f"--nfe values must be positive, got {text!r}")
+    return pair
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from gmflow import distributed as gdist
+    from gmflow.data.imagenet import read_class_names
+    from gmflow.evaluation.metrics import InceptionFeatureNet, InceptionMetrics, load_reference_stats
+    from gmflow.evaluation.sweep import PAPER_GUIDANCE, load_eval_model, run_sweep, sweep_settings
+
+    info = gdist.init_distributed(args.device)
+    try:
+        dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
+            torch.bfloat16 if info.device.type == "cuda" else torch.float32)
+        settings = sweep_settings(args.methods, [_nfe_pair(t) for t in args.nfe], args.guidance or PAPER_GUIDANCE)
+        net = InceptionFeatureNet(args.inception, info.device)
+        metrics = InceptionMetrics(net, load_reference_stats(args.reference, net))
+        transformer, spectrum, vae, id2label = load_eval_model(args.checkpoint, dtype, info.device, args.vae)
+        if vae is None:
+            raise ValueError("no VAE: pass --vae <AutoencoderKL folder> (images are needed for the Inception metrics)")
+        names = read_class_names(args.class_names) if args.class_names else id2label
+        if info.is_main:
+            print(f"gmflow evaluate: {len(settings)} settings x {args.num_samples} samples, {info.world_size} rank(s), "
+                  f"{info.device} {str(dtype).replace('torch.', '')}, output {args.out}")
+        results = run_sweep(transformer, settings, args.out, metrics, vae, spectrum, args.num_samples, args.batch_size,
+                            args.seed, args.viz_every, names, progress=not args.no_progress)
+        if info.is_main:
+            print(f"wrote {args.out / 'results.md'} and {args.out / 'results.csv'} ({len(results)} settings)")
+    finally:
+        gdist.cleanup_distributed(info)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmflow", description="Gaussian Mixture Flow Matching tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_toy_parser(sub)
     add_sample_parser(sub)
+    add_cache_parser(sub)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
     demo = sub.add_parser("demo", help="fit a Gaussian mixture to the 2-D checkerboard with the native ops")
     demo.add_argument("--k", type=positive_int, default=64, help="mixture components (default 64)")
     demo.add_argument("--steps", type=positive_int, default=400, help="Adam steps (default 400)")
@@ -321,6 +482,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gmflow sample: error: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command in ("cache-latents", "train", "evaluate"):
+        run = {"cache-latents": run_cache_latents, "train": run_train, "evaluate": run_evaluate}[args.command]
+        try:
+            return run(args)
+        except (ValueError, FileNotFoundError, ImportError) as exc:
+            print(f"gmflow {args.command}: error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "demo":
         run_demo(args)
         return 0

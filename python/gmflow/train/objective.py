@@ -1,0 +1,93 @@
+"""The GMFlow training objective on a GM-DiT (MODELS_AND_TRAINING.md §3.3; OPS_AND_SAMPLERS.md §6).
+
+:class:`GMFlowDiffusion` holds the trainable networks under the upstream names (``denoising`` = the
+GM-DiT, ``spectrum_net``) and its ``forward`` *is* the loss, so that DistributedDataParallel wraps one
+module whose forward produces every gradient:
+
+1. (fp32, no autocast) ``t_high`` from the logit-normal sampler, ``t_low = (1 - lambda) t_high``, the pair
+   ``(x_low, x_high)`` (:func:`gmflow.flow.transition_pair`, every draw from the caller's generator);
+2. the GM-DiT forward on ``(x_high, t_high, labels)`` under bf16 autocast (when enabled); its GM head is
+   float32;
+3. (fp32, autocast off) the reverse-transition GM, the per-pixel GM NLL of ``x_low`` (``-log p / C``,
+   LakonLab normalisation, weight 8.0 = the original 2.0) averaged per sample, and the spectral loss
+   (gradient into the spectrum net only).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from gmflow import ops
+from gmflow.flow.losses import spectral_loss, transition_pair
+from gmflow.flow.schedule import NUM_TIMESTEPS, TimestepSampler
+from gmflow.models import GMDiT, SpectrumMLP
+
+__all__ = ["GMFlowDiffusion", "LossOutput"]
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor  # total (scalar, with grad)
+    loss_transition: Tensor  # scalar, detached
+    loss_spectral: Tensor  # scalar, detached (0 without a spectrum net)
+    per_sample: Tensor  # (B,) weighted transition NLL per sample, detached
+    variance: Tensor  # (B,) predicted u-space mixture variance per sample (channel/pixel mean), detached
+    t_high: Tensor  # (B,)
+
+
+class GMFlowDiffusion(nn.Module):
+    """``GMFlowDiffusion(denoising, spectrum_net=None, trans_ratio=0.5, ...)``; ``forward(x_0, labels,
+    generator)`` -> :class:`LossOutput`."""
+
+    def __init__(
+        self,
+        denoising: GMDiT,
+        spectrum_net: SpectrumMLP | None = None,
+        trans_ratio: float = 0.5,
+        transition_loss_weight: float = 8.0,
+        spectral_loss_weight: float = 4.0,
+        timestep_sampler: TimestepSampler | None = None,
+        amp_dtype: torch.dtype | None = None,
+        num_timesteps: float = NUM_TIMESTEPS,
+    ) -> None:
+        super().__init__()
+        self.denoising = denoising
+        self.spectrum_net = spectrum_net
+        self.trans_ratio = float(trans_ratio)
+        self.transition_loss_weight = float(transition_loss_weight)
+        self.spectral_loss_weight = float(spectral_loss_weight)
+        self.timestep_sampler = timestep_sampler or TimestepSampler(logit_normal=True)
+        self.amp_dtype = amp_dtype
+        self.num_timesteps = float(num_timesteps)
+
+    def forward(self, x_0: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> LossOutput:
+        T = self.num_timesteps
+        device_type = x_0.device.type
+        with torch.autocast(device_type, enabled=False):
+            x_0 = x_0.float()
+            x_low, x_high, t_low, t_high = transition_pair(x_0, self.trans_ratio, self.timestep_sampler, generator,
+                                                           eps=1e-4, num_timesteps=T)
+        with torch.autocast(device_type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            gm_u = self.denoising(x_high, t_high, labels)
+        with torch.autocast(device_type, enabled=False):
+            gm_u = gm_u.map(lambda v: v.float())
+            gm_low = ops.reverse_transition(gm_u, x_high, t_low, t_high, prediction_type="u", num_timesteps=T)
+            C = x_0.shape[1]
+            logp = ops.gm_logprob(gm_low, x_low.unsqueeze(1)).squeeze(1)  # (B, H, W)
+            per_sample = self.transition_loss_weight * (-logp / C).flatten(1).mean(dim=1)
+            loss_trans = per_sample.mean()
+            loss = loss_trans
+            if self.spectrum_net is not None:
+                loss_spec = spectral_loss(gm_u, x_0, x_high, t_high, self.spectrum_net, self.spectral_loss_weight,
+                                          num_timesteps=T)
+                loss = loss + loss_spec
+            else:
+                loss_spec = loss_trans.new_zeros(())
+            with torch.no_grad():
+                w = gm_u.logweights.exp()
+                mean = (w * gm_u.means).sum(dim=1, keepdim=True)
+                var = (w * (gm_u.means - mean).square()).sum(dim=1).mean(dim=(1, 2, 3))
+                var = var + (w * torch.exp(2 * gm_u.logstds)).sum(dim=1).flatten(1).mean(dim=1)
+        return LossOutput(loss, loss_trans.detach(), loss_spec.detach(), per_sample.detach(), var, t_high)
