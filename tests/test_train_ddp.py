@@ -99,3 +99,17 @@ def test_objective_gradients_reach_both_networks():
     # the same generator state gives the same loss (all randomness is the caller's generator)
     again = model(x0, torch.tensor([0, 1, 2, 10]), torch.Generator().manual_seed(0))
     assert again.loss.item() == out.loss.item()
+
+
+def test_non_finite_gradients_are_zeroed(tmp_path):
+    from gmflow.train import Trainer
+
+    data = write_synthetic_latents(tmp_path / "latents", n=8)
+    for p in data.rglob("*.pth"):  # poison every latent: every loss and gradient norm is NaN
+        torch.save({"x": torch.full((4, 8, 8), float("nan")), "y": torch.tensor(0)}, p)
+    cfg = TrainConfig.from_dict(tiny_train_config(data, tmp_path / "run", iters=2, tensorboard=False))
+    Trainer(cfg).fit()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(math.isnan(r[0]["diffusion_grad_norm"]) and r[0]["nonfinite_grad_steps"] == 1 for r in records.values())
+    state = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_2.pth")
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())

@@ -28,6 +28,11 @@ from gmflow.models import GMDiT, SpectrumMLP
 __all__ = ["GMFlowDiffusion", "LossOutput"]
 
 
+def _finite(v: Tensor) -> Tensor:
+    v = v.detach()
+    return torch.where(torch.isfinite(v), v, torch.zeros((), dtype=v.dtype, device=v.device))
+
+
 class LossOutput(NamedTuple):
     loss: Tensor  # total (scalar, with grad)
     loss_transition: Tensor  # scalar, detached
@@ -80,8 +85,11 @@ class GMFlowDiffusion(nn.Module):
             loss_trans = per_sample.mean()
             loss = loss_trans
             if self.spectrum_net is not None:
-                loss_spec = spectral_loss(gm_u, x_0, x_high, t_high, self.spectrum_net, self.spectral_loss_weight,
-                                          num_timesteps=T)
+                # the spectral target is a no-grad function of (gm_u, x_0, x_high); non-finite entries are zeroed
+                # so that a bad step reaches the trainer's non-finite guard (via the transition loss) instead
+                # of failing inside the KR rotation's eigendecomposition. A no-op for finite values.
+                loss_spec = spectral_loss(gm_u.map(_finite), _finite(x_0), _finite(x_high), t_high, self.spectrum_net,
+                                          self.spectral_loss_weight, num_timesteps=T)
                 loss = loss + loss_spec
             else:
                 loss_spec = loss_trans.new_zeros(())

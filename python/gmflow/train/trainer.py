@@ -8,7 +8,8 @@
 Each iteration: the batch of this iteration (a pure function of the seed and the iteration, see
 :class:`gmflow.data.EpochBatchSampler`) -> micro-batches -> the GMFlow loss (:class:`GMFlowDiffusion`,
 bf16 autocast around the network only) -> backward -> global-norm clipping from ``grad_clip_start`` with a
-non-finite guard (gradients zeroed, the optimizer step still runs, the logged norm is NaN) -> AdamW
+non-finite guard (gradients zeroed, the optimizer step still runs, the logged norm is NaN; gmflow's CPU
+NaN checks are off during training so that a NaN reaches the guard on every device) -> AdamW
 (8-bit when bitsandbytes is importable on CUDA) with linear warm-up -> EMA with the StyleGAN ramp-up ->
 logs -> validation -> checkpoint -> hooks.
 
@@ -41,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from gmflow import config as gconfig
 from gmflow import distributed as gdist
 from gmflow.data.dataset import EpochBatchSampler, LatentDataset, ResumedBatches
 from gmflow.flow.schedule import TimestepSampler
@@ -247,6 +249,10 @@ class Trainer:
         handler = None
         self.writer = None
         threads = torch.get_num_threads()
+        checks = gconfig.value_checks()
+        if checks == "auto":
+            # a NaN must reach the non-finite guard on every device (the CPU NaN checks would raise instead)
+            gconfig.set_value_checks("never")
         try:
             work = Path(cfg.work_dir)
             self.ckpt_dir = work / "checkpoints"
@@ -263,6 +269,7 @@ class Trainer:
                 logging.getLogger("gmflow").removeHandler(handler)
                 handler.close()
             torch.set_num_threads(threads)
+            gconfig.set_value_checks(checks)
             gdist.cleanup_distributed(self.info)
 
     def _fit(self, work: Path) -> TrainSummary:
