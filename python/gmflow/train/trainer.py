@@ -146,6 +146,19 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator, device: to
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _environment(info: gdist.DistInfo, threads: int) -> dict[str, Any]:
+    import platform
+
+    import gmflow
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": str(torch.__version__),
+           "torch_cuda": torch.version.cuda, "gmflow": getattr(gmflow, "__version__", None),
+           "world_size": info.world_size, "device": str(info.device), "threads": threads}
+    if info.device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(info.device)
+    return env
+
+
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
@@ -259,6 +272,7 @@ class Trainer:
             if self.info.is_main:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 _write_json_atomic(work / "config.json", cfg.to_dict())
+                _write_json_atomic(work / "env.json", _environment(self.info, cfg.num_threads or torch.get_num_threads()))
             gdist.barrier()
             handler = self._setup_logging(work)
             return self._fit(work)
