@@ -28,12 +28,16 @@ import torch
 import gmflow
 from gmflow import info as gm_info
 from gmflow.reference import core as ref
+from gmflow.reference import sampling_ops as sref
+from gmflow.reference.transport import gm_kr_rotation
+from gmflow.types import GaussianMixture
 
 SHAPES = {
     # name: (B, K, C, H, W)
     "imagenet_latent": (8, 8, 4, 32, 32),
     "toy_2d": (4096, 64, 2, 1, 1),
 }
+KR_NEWTON_STEPS = 16  # Newton steps per axis of the transport rows
 
 
 @dataclass
@@ -127,6 +131,56 @@ def build_cases(shape, device) -> list[Case]:
             nbytes(means, logstds, logweights) + nbytes(samples) + out_bytes,
         )
     )
+    return cases + build_sampling_cases(shape, device)
+
+
+def build_sampling_cases(shape, device) -> list[Case]:
+    """The sampling-path ops (issue 3): GM x Gaussian product, posterior mean, KR transport."""
+    B, K, C, H, W = shape
+    means, logstds, logweights, samples = make_inputs(shape, device)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x_src = torch.randn(B, C, H, W, generator=g).to(device)
+    x_tgt = torch.randn(B, C, H, W, generator=g).to(device)
+    sigma_src = torch.rand(B, generator=g).mul(0.5).add(0.4).to(device)
+    sigma_tgt = sigma_src * 0.7
+    g_var = torch.rand(B, 1, H, W, generator=g).add(0.1).to(device)
+    rotation = gm_kr_rotation(GaussianMixture(means, logstds, logweights))  # (B, 1, 1, C, C)
+    out_bytes = nbytes(samples) // samples.shape[-3]
+    cases = []
+
+    def add(op, impls, args, bytes_moved):
+        cases.append(Case(op, "fwd", {k: (lambda f=f: f(*args)) for k, f in impls.items()}, bytes_moved))
+
+    add(
+        "gm_mul_iso_gaussian",
+        {"native": torch.ops.gmflow.gm_mul_iso_gaussian, "eager": sref.gm_mul_iso_gaussian,
+         "compile": torch.compile(sref.gm_mul_iso_gaussian, fullgraph=True)},
+        (means, logstds, logweights, x_tgt, g_var),
+        2 * nbytes(means, logweights) + nbytes(x_tgt, g_var) + out_bytes,
+    )
+    add(
+        "gm_posterior_mean",
+        {"native": torch.ops.gmflow.gm_posterior_mean, "eager": sref.gm_posterior_mean,
+         "compile": torch.compile(sref.gm_posterior_mean, fullgraph=True)},
+        (means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt),
+        nbytes(means, logstds, logweights) + 3 * nbytes(x_src),
+    )
+    # N(0, I) -> GM: the eager baseline is the upstream formulation (a Python loop over the
+    # axes, each a batched Newton solve of n_steps Python-level iterations).
+    add(
+        "gm_kr_inverse",
+        {"native": torch.ops.gmflow.gm_kr_inverse, "eager": sref.gm_kr_inverse,
+         "compile": torch.compile(sref.gm_kr_inverse, fullgraph=True)},
+        (means, logstds, logweights, samples, rotation, None, None, KR_NEWTON_STEPS),
+        nbytes(means, logweights) + 2 * nbytes(samples),
+    )
+    add(
+        "gm_kr_forward",
+        {"native": torch.ops.gmflow.gm_kr_forward, "eager": sref.gm_kr_forward,
+         "compile": torch.compile(sref.gm_kr_forward, fullgraph=True)},
+        (means, logstds, logweights, samples, rotation),
+        nbytes(means, logweights) + 2 * nbytes(samples),
+    )
     return cases
 
 
@@ -196,15 +250,23 @@ def run(device: str, shapes: list[str], min_time: float, warmup: int) -> dict:
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         for case in build_cases(shape, device):
-            times = {impl: median_time(fn, device, min_time, warmup) for impl, fn in case.fns.items()}
+            times = {}
+            for impl, fn in case.fns.items():
+                try:
+                    times[impl] = median_time(fn, device, min_time, warmup)
+                except Exception as exc:  # e.g. a graph break under fullgraph=True
+                    if impl == "native":
+                        raise
+                    print(f"  {case.op} {impl}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+                    times[impl] = None
             row = {
                 "shape": shape_name,
                 "BKCHW": list(shape),
                 "op": case.op,
                 "mode": case.mode,
-                "ms": {k: v * 1e3 for k, v in times.items()},
-                "speedup_vs_eager": times["eager"] / times["native"],
-                "speedup_vs_compile": times["compile"] / times["native"],
+                "ms": {k: (v * 1e3 if v is not None else None) for k, v in times.items()},
+                "speedup_vs_eager": ratio(times["eager"], times["native"]),
+                "speedup_vs_compile": ratio(times["compile"], times["native"]),
                 "bytes": case.bytes_moved,
                 "native_GBps": case.bytes_moved / times["native"] / 1e9,
                 "fraction_of_memcpy": memcpy_time(case.bytes_moved // 2, device, min_time) / times["native"],
@@ -228,11 +290,19 @@ HEADER = (
 )
 
 
+def ratio(baseline, native):
+    return None if baseline is None else baseline / native
+
+
+def fmt(value, width: int, digits: int) -> str:
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
 def print_row(row):
     ms = row["ms"]
     line = (
-        f"{row['shape']:<16} {row['op']:<19} {row['mode']:<8} {ms['native']:>10.3f} {ms['eager']:>9.3f} "
-        f"{ms['compile']:>10.3f} {row['speedup_vs_eager']:>8.1f} {row['speedup_vs_compile']:>9.1f} "
+        f"{row['shape']:<16} {row['op']:<19} {row['mode']:<8} {ms['native']:>10.3f} {fmt(ms['eager'], 9, 3)} "
+        f"{fmt(ms['compile'], 10, 3)} {fmt(row['speedup_vs_eager'], 8, 1)} {fmt(row['speedup_vs_compile'], 9, 1)} "
         f"{row['native_GBps']:>7.2f} {100 * row['fraction_of_memcpy']:>7.0f}%"
     )
     if "peak_bytes" in row:

@@ -46,5 +46,33 @@ def test_partial_requires_grad_skips_other_gradients(device):
     assert logstds.grad is None and logweights.grad is None and samples.grad is None
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"K{c.K}-{c.logstd_layout}-b{len(c.batch)}")
+def test_gradcheck_gm_posterior_mean(device, case):
+    means, logstds, logweights, samples = case.tensors(device, requires_grad=True)
+    batch = torch.broadcast_shapes(means.shape[:-4], logstds.shape[:-4], logweights.shape[:-4])
+    s_src = torch.full(batch, 0.7, dtype=torch.float64, device=device)
+    x_src, x_tgt = samples[..., 0, :, :, :].detach(), samples[..., -1, :, :, :].detach().flip(-2)
+    assert gradcheck(lambda m, s, w: torch.ops.gmflow.gm_posterior_mean(m, s, w, x_src, x_tgt, s_src, 0.4 * s_src),
+                     (means, logstds, logweights), eps=1e-6, atol=1e-6)
+
+
+GM1D_CASES = [
+    CASES[0],
+    GmCase(batch=(2, 2), K=2, C=1, H=1, W=2, N=2, dtype=torch.float64, drop={"logstds": 1}, ones={"means": (1,)}),
+]
+
+
+@pytest.mark.parametrize("case", GM1D_CASES, ids=lambda c: f"K{c.K}-b{len(c.batch)}")
+def test_gradcheck_gm1d_inverse_cdf_implicit_gradient(device, case):
+    """The implicit-function gradient equals finite differences of the (converged) forward solve."""
+    means, logstds, logweights, samples = case.tensors(device)
+    m = (0.5 * means[..., 0, :, :]).detach().requires_grad_()
+    s = logstds[..., 0, :, :, :].detach().requires_grad_()
+    w = logweights[..., 0, :, :].detach().requires_grad_()
+    c = (0.8 * torch.tanh(samples[..., 0, :, :])).detach().requires_grad_()
+    assert gradcheck(lambda *a: torch.ops.gmflow.gm1d_inverse_cdf(*a, None, 60), (m, s, w, c), eps=1e-6, atol=1e-5)
+
+
 def test_every_differentiable_op_is_gradchecked():
-    assert set(_library.DIFFERENTIABLE) == {"gm_logprob", "gm_to_mean", "gm_to_iso_gaussian"}
+    assert set(_library.DIFFERENTIABLE) == {"gm_logprob", "gm_to_mean", "gm_to_iso_gaussian", "gm_posterior_mean",
+                                            "gm1d_inverse_cdf"}

@@ -50,7 +50,67 @@ def test_opcheck_backward_ops(device, case, mask):
             (torch.randn_like(mean), means, logweights, mean, 0.5, mask[:2]))
 
 
+SAMPLING_CASES = ["shared_std", "strided_fp64"]
+
+
+def _acc(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _posterior_args(means, logstds, logweights, samples):
+    batch = means.shape[:-4]
+    s_src = torch.full(batch, 0.6, dtype=_acc(means), device=means.device)
+    x = samples.detach()  # only the GM is differentiable
+    return means, logstds, logweights, x[..., 0, :, :, :], x[..., -1, :, :, :].flip(-1), s_src, 0.5 * s_src
+
+
+def _gm1d_args(means, logstds, logweights, samples):
+    return means[..., 0, :, :], logstds[..., 0, :, :, :], logweights[..., 0, :, :], torch.tanh(samples[..., 0, :, :])
+
+
+@pytest.mark.parametrize("case", SAMPLING_CASES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_differentiable_sampling_ops(device, case, requires_grad):
+    means, logstds, logweights, samples = _inputs(case, device, requires_grad)
+    opcheck(torch.ops.gmflow.gm_posterior_mean.default, _posterior_args(means, logstds, logweights, samples))
+    opcheck(torch.ops.gmflow.gm1d_inverse_cdf.default, (*_gm1d_args(means, logstds, logweights, samples), None, 6))
+    m, s, w, c = _gm1d_args(means, logstds, logweights, samples)
+    opcheck(torch.ops.gmflow.gm1d_inverse_cdf.default, (m, s, w, c, samples[..., 0, :, :].detach()),
+            {"n_steps": 3, "eps": 1e-5, "max_step_size": 1.0})
+
+
+@pytest.mark.parametrize("case", SAMPLING_CASES)
+def test_opcheck_inference_sampling_ops(device, case):
+    means, logstds, logweights, samples = _inputs(case, device, False)
+    acc = _acc(means)
+    g_var = logstds.exp()[..., 0, :, :, :] + 0.1
+    opcheck(torch.ops.gmflow.gm_mul_iso_gaussian.default,
+            (means, logstds, logweights, samples[..., 0, :, :, :], g_var, 1.0, 0.5))
+    C, H, W = means.shape[-3:]
+    V = torch.linalg.qr(torch.randn(*means.shape[:-4], 1, 1, C, C, dtype=acc))[0].to(device)
+    u = torch.rand(*samples.shape[:-3], 1, H, W, dtype=acc, device=device)
+    opcheck(torch.ops.gmflow.gm_kr_inverse.default, (means, logstds, logweights, samples, V, u, 1, 4))
+    opcheck(torch.ops.gmflow.gm_kr_inverse.default, (means, logstds, logweights, samples, V))
+    opcheck(torch.ops.gmflow.gm_kr_forward.default, (means, logstds, logweights, samples, V), {"n_axes": 1})
+    opcheck(torch.ops.gmflow.gm_sample.default, (means, logstds, logweights, u, samples.to(acc), 2.0, True))
+
+
+@pytest.mark.parametrize("case", SAMPLING_CASES)
+@pytest.mark.parametrize("mask", [[True, True, True, True], [False, True, False, True]])
+def test_opcheck_sampling_backward_ops(device, case, mask):
+    means, logstds, logweights, samples = _inputs(case, device, False)
+    args = _posterior_args(means, logstds, logweights, samples)
+    mean = torch.ops.gmflow.gm_posterior_mean(*args)
+    opcheck(torch.ops.gmflow.gm_posterior_mean_backward.default,
+            (torch.randn_like(mean), *args, mean, 1e-6, mask[:3]))
+    m, s, w, c = _gm1d_args(means, logstds, logweights, samples)
+    x = torch.ops.gmflow.gm1d_inverse_cdf(m, s, w, c, None, 8)
+    opcheck(torch.ops.gmflow.gm1d_inverse_cdf_backward.default, (torch.randn_like(x), m, s, w, c, x, 1e-6, mask))
+
+
 def test_every_op_is_covered():
     """A new op must be added to the opcheck tests above."""
-    covered = {"gm_logprob", "gm_logprob_backward", "gm_to_mean", "gm_to_mean_backward", "gm_to_iso_gaussian"}
+    covered = {"gm_logprob", "gm_logprob_backward", "gm_to_mean", "gm_to_mean_backward", "gm_to_iso_gaussian",
+               "gm_mul_iso_gaussian", "gm_posterior_mean", "gm_posterior_mean_backward", "gm1d_inverse_cdf",
+               "gm1d_inverse_cdf_backward", "gm_kr_inverse", "gm_kr_forward", "gm_sample"}
     assert covered == set(_library.SCHEMAS)

@@ -4,6 +4,7 @@
 #include <torch/csrc/stable/accelerator.h>
 
 #include "gm_ops.h"
+#include "sampling_ops.h"
 #include "gmflow/cuda_kernels.h"
 
 namespace gmflow {
@@ -44,10 +45,47 @@ struct CudaBackend {
   static void launch(const GmToIsoGaussianParams<T>& p, const Scope& s) {
     check(cuda::gm_to_iso_gaussian(p, s.stream));
   }
+
+  static constexpr bool kKrWorkspace = true;
+  template <typename T>
+  static void launch(const GmMulIsoGaussianParams<T>& p, const Scope& s) {
+    check(cuda::gm_mul_iso_gaussian(p, s.stream));
+  }
+  template <typename T>
+  static void launch(const GmPosteriorMeanParams<T>& p, const Scope& s) {
+    check(cuda::gm_posterior_mean(p, s.stream));
+  }
+  template <typename T>
+  static void launch(const GmPosteriorMeanBackwardParams<T>& p, const Scope& s) {
+    check(cuda::gm_posterior_mean_backward(p, s.stream));
+  }
+  template <typename T>
+  static void launch(const GmSampleParams<T>& p, const Scope& s) {
+    check(cuda::gm_sample(p, s.stream));
+  }
+  template <typename T>
+  static void launch(const Gm1dInverseCdfParams<T>& p, const Scope& s) {
+    check(cuda::gm1d_inverse_cdf(p, s.stream));
+  }
+  template <typename T>
+  static void launch(const Gm1dInverseCdfBackwardParams<T>& p, const Scope& s) {
+    check(cuda::gm1d_inverse_cdf_backward(p, s.stream));
+  }
+  template <typename T>
+  static void launch_kr_inverse(const GmKrParams<T>& p, const Scope& s) {
+    check(cuda::gm_kr_inverse(p, s.stream));
+  }
+  template <typename T>
+  static void launch_kr_forward(const GmKrParams<T>& p, const Scope& s) {
+    check(cuda::gm_kr_forward(p, s.stream));
+  }
 };
 
 }  // namespace
 }  // namespace binding
 }  // namespace gmflow
 
-STABLE_TORCH_LIBRARY_IMPL(gmflow, CUDA, m) { GMFLOW_REGISTER_GM_OPS(m, gmflow::binding::CudaBackend); }
+STABLE_TORCH_LIBRARY_IMPL(gmflow, CUDA, m) {
+  GMFLOW_REGISTER_GM_OPS(m, gmflow::binding::CudaBackend);
+  GMFLOW_REGISTER_SAMPLING_OPS(m, gmflow::binding::CudaBackend);
+}

@@ -48,12 +48,34 @@ void gm_to_iso_gaussian(const GmToIsoGaussianParams<T>& p, const ParallelFor& pf
   GMFLOW_CPU_CALL(gm_to_iso_gaussian, p, pf);
 }
 
+#define GMFLOW_CPU_FORWARD(name, Params)                \
+  template <typename T>                                 \
+  void name(const Params<T>& p, const ParallelFor& pf) { \
+    GMFLOW_CPU_CALL(name, p, pf);                       \
+  }
+GMFLOW_CPU_FORWARD(gm_mul_iso_gaussian, GmMulIsoGaussianParams)
+GMFLOW_CPU_FORWARD(gm_posterior_mean, GmPosteriorMeanParams)
+GMFLOW_CPU_FORWARD(gm_posterior_mean_backward, GmPosteriorMeanBackwardParams)
+GMFLOW_CPU_FORWARD(gm_sample, GmSampleParams)
+GMFLOW_CPU_FORWARD(gm1d_inverse_cdf, Gm1dInverseCdfParams)
+GMFLOW_CPU_FORWARD(gm1d_inverse_cdf_backward, Gm1dInverseCdfBackwardParams)
+GMFLOW_CPU_FORWARD(gm_kr_inverse, GmKrParams)
+GMFLOW_CPU_FORWARD(gm_kr_forward, GmKrParams)
+
 #define GMFLOW_INSTANTIATE(T)                                                                  \
   template void gm_logprob<T>(const GmLogprobParams<T>&, const ParallelFor&);                 \
   template void gm_logprob_backward<T>(const GmLogprobBackwardParams<T>&, const ParallelFor&); \
   template void gm_to_mean<T>(const GmToMeanParams<T>&, const ParallelFor&);                  \
   template void gm_to_mean_backward<T>(const GmToMeanBackwardParams<T>&, const ParallelFor&); \
-  template void gm_to_iso_gaussian<T>(const GmToIsoGaussianParams<T>&, const ParallelFor&);
+  template void gm_to_iso_gaussian<T>(const GmToIsoGaussianParams<T>&, const ParallelFor&);          \
+  template void gm_mul_iso_gaussian<T>(const GmMulIsoGaussianParams<T>&, const ParallelFor&);        \
+  template void gm_posterior_mean<T>(const GmPosteriorMeanParams<T>&, const ParallelFor&);           \
+  template void gm_posterior_mean_backward<T>(const GmPosteriorMeanBackwardParams<T>&, const ParallelFor&); \
+  template void gm_sample<T>(const GmSampleParams<T>&, const ParallelFor&);                          \
+  template void gm1d_inverse_cdf<T>(const Gm1dInverseCdfParams<T>&, const ParallelFor&);             \
+  template void gm1d_inverse_cdf_backward<T>(const Gm1dInverseCdfBackwardParams<T>&, const ParallelFor&); \
+  template void gm_kr_inverse<T>(const GmKrParams<T>&, const ParallelFor&);                          \
+  template void gm_kr_forward<T>(const GmKrParams<T>&, const ParallelFor&);
 
 GMFLOW_INSTANTIATE(float)
 GMFLOW_INSTANTIATE(double)

@@ -148,3 +148,188 @@ def pixel_op_batch(op: str, means: Tensor, logstds: Tensor | None, logweights: T
 def check_output_mask(op: str, output_mask: Sequence[bool], n: int) -> None:
     if len(output_mask) != n:
         fail(op, f"'output_mask' must have {n} entries; got {len(output_mask)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling-path ops (gm_mul_iso_gaussian, gm_posterior_mean, gm1d_inverse_cdf, KR transport, gm_sample)
+
+GM1D_MEANS_LAYOUT = "(..., K, H, W)"
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of the kernels: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_acc_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """``t`` must be in the accumulation dtype of ``ref`` (float64 for float64, else float32)."""
+    if not isinstance(t, Tensor):
+        fail(op, f"'{name}' must be a tensor; got {type(t).__name__}")
+    want = acc_dtype(ref.dtype)
+    if t.dtype != want:
+        fail(op, f"'{name}' must have dtype {want} (the accumulation dtype of '{ref_name}' {ref.dtype}); got {t.dtype}")
+    if t.device != ref.device:
+        fail(op, f"'{name}' is on {t.device} but '{ref_name}' is on {ref.device}; all tensors must be on one device")
+
+
+def check_shared_logstds(op: str, logstds: Tensor) -> None:
+    if tuple(logstds.shape[-4:]) != (1, 1, 1, 1):
+        fail(
+            op,
+            "'logstds' must have layout (..., 1, 1, 1, 1) (one std shared by all components and pixels) "
+            f"for this op; got {_shape(logstds)}",
+        )
+
+
+def check_tail(op: str, name: str, t: Tensor, means: Tensor, layout: str, want: tuple, dims: str) -> None:
+    """``t`` has the trailing dims ``want`` (layout ``layout``; ``dims`` names where they come from)."""
+    check_min_dim(op, name, t, len(want), layout)
+    if tuple(t.shape[-len(want):]) != tuple(want):
+        fail(op, f"'{name}' must have layout {layout} with {dims} taken from 'means' {_shape(means)}; got {_shape(t)}")
+
+
+def mul_iso_gaussian_shapes(op, means, logstds, logweights, gaussian_mean, gaussian_var):
+    """Output shapes (means, logstds, logweights) of gm_mul_iso_gaussian."""
+    K, C, H, W = check_gm(op, means, logstds, logweights)
+    check_like(op, "gaussian_mean", gaussian_mean, "means", means)
+    check_tail(op, "gaussian_mean", gaussian_mean, means, "(..., C, H, W)", (C, H, W), f"C={C}, H={H}, W={W}")
+    check_like(op, "gaussian_var", gaussian_var, "means", means)
+    check_min_dim(op, "gaussian_var", gaussian_var, 3, "(..., 1, H, W) or (..., 1, 1, 1)")
+    if tuple(gaussian_var.shape[-3:]) not in ((1, H, W), (1, 1, 1)):
+        fail(op, f"'gaussian_var' must have layout (..., 1, H, W) or (..., 1, 1, 1) with H={H}, W={W} taken from "
+                 f"'means' {_shape(means)}; got {_shape(gaussian_var)}")
+    batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
+                                 ("gaussian_mean", gaussian_mean, 3), ("gaussian_var", gaussian_var, 3)])
+    per_pixel = tuple(logstds.shape[-2:]) != (1, 1) or tuple(gaussian_var.shape[-2:]) != (1, 1)
+    ls_shape = batch + [logstds.shape[-4], 1] + ([H, W] if per_pixel else [1, 1])
+    return batch + [K, C, H, W], ls_shape, batch + [K, 1, H, W]
+
+
+def posterior_mean_shape(op, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt):
+    K, C, H, W = check_gm(op, means, logstds, logweights)
+    for name, x in (("x_src", x_src), ("x_tgt", x_tgt)):
+        check_like(op, name, x, "means", means)
+        check_tail(op, name, x, means, "(..., C, H, W)", (C, H, W), f"C={C}, H={H}, W={W}")
+    for name, s in (("sigma_src", sigma_src), ("sigma_tgt", sigma_tgt)):
+        check_acc_like(op, name, s, "means", means)
+    batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
+                                 ("x_src", x_src, 3), ("x_tgt", x_tgt, 3), ("sigma_src", sigma_src, 0),
+                                 ("sigma_tgt", sigma_tgt, 0)])
+    return batch + [C, H, W]
+
+
+def check_gm1d(op: str, means: Tensor, logstds: Tensor, logweights: Tensor) -> tuple[int, int, int]:
+    """Checks a 1-D GM operand set; returns (K, H, W)."""
+    if not isinstance(means, Tensor):
+        fail(op, f"'means' must be a tensor; got {type(means).__name__}")
+    check_min_dim(op, "means", means, 3, GM1D_MEANS_LAYOUT)
+    check_like(op, "means", means, "means", means)
+    check_like(op, "logweights", logweights, "means", means)
+    check_like(op, "logstds", logstds, "means", means)
+    K, H, W = means.shape[-3:]
+    if K < 1:
+        fail(op, f"'means' {GM1D_MEANS_LAYOUT} must have at least one component (K >= 1); got shape {_shape(means)}")
+    check_min_dim(op, "logweights", logweights, 3, "(..., K, H, W)")
+    if tuple(logweights.shape[-3:]) != (K, H, W):
+        fail(op, f"'logweights' must have layout (..., K, H, W) with K={K}, H={H}, W={W} taken from 'means' "
+                 f"{_shape(means)}; got {_shape(logweights)}")
+    check_min_dim(op, "logstds", logstds, 3, "(..., 1, 1, 1)")
+    if tuple(logstds.shape[-3:]) != (1, 1, 1):
+        fail(op, f"'logstds' must have layout (..., 1, 1, 1) (one std per 1-D mixture); got {_shape(logstds)}")
+    return K, H, W
+
+
+def inverse_cdf_shape(op, means, logstds, logweights, scaled_cdfs, gaussian_samples=None):
+    K, H, W = check_gm1d(op, means, logstds, logweights)
+    check_like(op, "scaled_cdfs", scaled_cdfs, "means", means)
+    check_min_dim(op, "scaled_cdfs", scaled_cdfs, 3, "(..., N, H, W)")
+    N = scaled_cdfs.shape[-3]
+    check_tail(op, "scaled_cdfs", scaled_cdfs, means, "(..., N, H, W)", (N, H, W), f"H={H}, W={W}")
+    operands = [("means", means, 3), ("logstds", logstds, 3), ("logweights", logweights, 3),
+                ("scaled_cdfs", scaled_cdfs, 3)]
+    if gaussian_samples is not None:
+        check_like(op, "gaussian_samples", gaussian_samples, "means", means)
+        check_min_dim(op, "gaussian_samples", gaussian_samples, 3, "(..., N, H, W)")
+        if tuple(gaussian_samples.shape[-3:]) != (N, H, W):
+            fail(op, f"'gaussian_samples' must have layout (..., N, H, W) with N={N} taken from 'scaled_cdfs' "
+                     f"{_shape(scaled_cdfs)} and H={H}, W={W}; got {_shape(gaussian_samples)}")
+        operands.append(("gaussian_samples", gaussian_samples, 3))
+    return broadcast_batch(op, operands) + [N, H, W]
+
+
+def check_steps(op: str, n_steps: int) -> None:
+    if n_steps < 0:
+        fail(op, f"'n_steps' must be >= 0; got {n_steps}")
+
+
+def check_rotation(op: str, rotation: Tensor, means: Tensor, C: int, H: int, W: int) -> None:
+    layout = "(..., 1|H, 1|W, C, C)"
+    check_acc_like(op, "rotation", rotation, "means", means)
+    check_min_dim(op, "rotation", rotation, 4, layout)
+    h, w, c1, c2 = rotation.shape[-4:]
+    if (c1, c2) != (C, C) or (h, w) not in ((1, 1), (H, W)):
+        fail(op, f"'rotation' must have layout {layout} with C={C}, H={H}, W={W} taken from 'means' "
+                 f"{_shape(means)} (one rotation per batch element or per pixel); got {_shape(rotation)}")
+
+
+def resolve_n_axes(op: str, n_axes: int | None, C: int) -> int:
+    if n_axes is None:
+        return C
+    if not 1 <= n_axes <= C:
+        fail(op, f"'n_axes' must be in [1, C={C}]; got {n_axes}")
+    return n_axes
+
+
+def kr_shapes(op, means, logstds, logweights, samples, samples_name, rotation, n_axes):
+    """Checks of gm_kr_inverse / gm_kr_forward; returns (batch, N, C, H, W, n_axes)."""
+    K, C, H, W = check_gm(op, means, logstds, logweights)
+    check_shared_logstds(op, logstds)
+    check_like(op, samples_name, samples, "means", means)
+    check_min_dim(op, samples_name, samples, 4, "(..., N, C, H, W)")
+    N = samples.shape[-4]
+    check_tail(op, samples_name, samples, means, "(..., N, C, H, W)", (N, C, H, W), f"C={C}, H={H}, W={W}")
+    check_rotation(op, rotation, means, C, H, W)
+    A = resolve_n_axes(op, n_axes, C)
+    batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
+                                 (samples_name, samples, 4), ("rotation", rotation, 4)])
+    return batch, N, C, H, W, A
+
+
+def kr_inverse_shape(op, means, logstds, logweights, gaussian_samples, rotation, uniforms, n_axes, n_steps):
+    batch, N, C, H, W, A = kr_shapes(op, means, logstds, logweights, gaussian_samples, "gaussian_samples",
+                                     rotation, n_axes)
+    check_steps(op, n_steps)
+    if A < C:
+        if uniforms is None:
+            fail(op, f"'uniforms' (..., N, 1, H, W) are required when n_axes={A} < C={C} (they choose the "
+                     "component of the remaining axes)")
+        check_acc_like(op, "uniforms", uniforms, "means", means)
+        check_min_dim(op, "uniforms", uniforms, 4, "(..., N, 1, H, W)")
+        if tuple(uniforms.shape[-4:]) != (N, 1, H, W):
+            fail(op, f"'uniforms' must have layout (..., N, 1, H, W) with N={N} taken from 'gaussian_samples' and "
+                     f"H={H}, W={W}; got {_shape(uniforms)}")
+        batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
+                                     ("gaussian_samples", gaussian_samples, 4), ("rotation", rotation, 4),
+                                     ("uniforms", uniforms, 4)])
+    return batch + [N, C, H, W]
+
+
+def kr_forward_shape(op, means, logstds, logweights, samples, rotation, n_axes):
+    batch, N, C, H, W, A = kr_shapes(op, means, logstds, logweights, samples, "samples", rotation, n_axes)
+    return batch + [N, A, H, W]
+
+
+def sample_shape(op, means, logstds, logweights, uniforms, normals):
+    K, C, H, W = check_gm(op, means, logstds, logweights)
+    check_acc_like(op, "uniforms", uniforms, "means", means)
+    check_min_dim(op, "uniforms", uniforms, 4, "(..., N, 1, H, W)")
+    N = uniforms.shape[-4]
+    check_tail(op, "uniforms", uniforms, means, "(..., N, 1, H, W)", (N, 1, H, W), f"H={H}, W={W}")
+    check_acc_like(op, "normals", normals, "means", means)
+    check_min_dim(op, "normals", normals, 4, "(..., N, C, H, W)")
+    if tuple(normals.shape[-4:]) != (N, C, H, W):
+        fail(op, f"'normals' must have layout (..., N, C, H, W) with N={N} taken from 'uniforms' and C={C}, H={H}, "
+                 f"W={W} taken from 'means' {_shape(means)}; got {_shape(normals)}")
+    batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
+                                 ("uniforms", uniforms, 4), ("normals", normals, 4)])
+    return batch + [N, C, H, W]

@@ -24,7 +24,25 @@
   template <typename T>                                                                            \
   void gm_to_mean_backward(const GmToMeanBackwardParams<T>& params, const ParallelFor& parallel_for); \
   template <typename T>                                                                            \
-  void gm_to_iso_gaussian(const GmToIsoGaussianParams<T>& params, const ParallelFor& parallel_for);
+  void gm_to_iso_gaussian(const GmToIsoGaussianParams<T>& params, const ParallelFor& parallel_for); \
+  template <typename T>                                                                            \
+  void gm_mul_iso_gaussian(const GmMulIsoGaussianParams<T>& params, const ParallelFor& parallel_for); \
+  template <typename T>                                                                            \
+  void gm_posterior_mean(const GmPosteriorMeanParams<T>& params, const ParallelFor& parallel_for);  \
+  template <typename T>                                                                            \
+  void gm_posterior_mean_backward(const GmPosteriorMeanBackwardParams<T>& params,                  \
+                                  const ParallelFor& parallel_for);                                \
+  template <typename T>                                                                            \
+  void gm_sample(const GmSampleParams<T>& params, const ParallelFor& parallel_for);                \
+  template <typename T>                                                                            \
+  void gm1d_inverse_cdf(const Gm1dInverseCdfParams<T>& params, const ParallelFor& parallel_for);   \
+  template <typename T>                                                                            \
+  void gm1d_inverse_cdf_backward(const Gm1dInverseCdfBackwardParams<T>& params,                    \
+                                 const ParallelFor& parallel_for);                                 \
+  template <typename T>                                                                            \
+  void gm_kr_inverse(const GmKrParams<T>& params, const ParallelFor& parallel_for);                \
+  template <typename T>                                                                            \
+  void gm_kr_forward(const GmKrParams<T>& params, const ParallelFor& parallel_for);
 
 namespace gmflow {
 namespace cpu {

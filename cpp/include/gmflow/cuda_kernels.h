@@ -21,5 +21,23 @@ const char* gm_to_mean_backward(const GmToMeanBackwardParams<T>& params, void* s
 template <typename T>
 const char* gm_to_iso_gaussian(const GmToIsoGaussianParams<T>& params, void* stream);
 
+template <typename T>
+const char* gm_mul_iso_gaussian(const GmMulIsoGaussianParams<T>& params, void* stream);
+template <typename T>
+const char* gm_posterior_mean(const GmPosteriorMeanParams<T>& params, void* stream);
+template <typename T>
+const char* gm_posterior_mean_backward(const GmPosteriorMeanBackwardParams<T>& params, void* stream);
+template <typename T>
+const char* gm_sample(const GmSampleParams<T>& params, void* stream);
+
+template <typename T>
+const char* gm1d_inverse_cdf(const Gm1dInverseCdfParams<T>& params, void* stream);
+template <typename T>
+const char* gm1d_inverse_cdf_backward(const Gm1dInverseCdfBackwardParams<T>& params, void* stream);
+template <typename T>
+const char* gm_kr_inverse(const GmKrParams<T>& params, void* stream);
+template <typename T>
+const char* gm_kr_forward(const GmKrParams<T>& params, void* stream);
+
 }  // namespace cuda
 }  // namespace gmflow

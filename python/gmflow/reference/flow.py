@@ -415,6 +415,15 @@ def spectral_gaussian_field(
     return inverse_hartley2(spectral), spectral
 
 
+def check_power_spectrum(gm: GaussianMixture, power_spectrum: Tensor) -> None:
+    """A log power spectrum for spectral sampling must be ``(..., C, H, W)`` like the GM's data."""
+    C, H, W = gm.means.shape[-3:]
+    if power_spectrum.shape[-3:] != (C, H, W):
+        raise ValueError(
+            f"power_spectrum must have shape (..., C={C}, H={H}, W={W}), got {tuple(power_spectrum.shape)}"
+        )
+
+
 def gm_sample(
     gm: GaussianMixture,
     power_spectrum: Tensor | None = None,
@@ -434,11 +443,7 @@ def gm_sample(
     _check_gm(gm)
     if power_spectrum is None:
         return gm_to_sample(gm, n_samples=n_samples, generator=generator), None
-    C, H, W = gm.means.shape[-3:]
-    if power_spectrum.shape[-3:] != (C, H, W):
-        raise ValueError(
-            f"power_spectrum must have shape (..., C={C}, H={H}, W={W}), got {tuple(power_spectrum.shape)}"
-        )
+    check_power_spectrum(gm, power_spectrum)
     field, spectral = spectral_gaussian_field(power_spectrum, n_samples, generator)
     samples = gaussian_samples_to_gm_samples(gm, field, axis_aligned=True, generator=generator)
     return samples.to(gm.means.dtype), spectral

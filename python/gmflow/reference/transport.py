@@ -58,11 +58,17 @@ def gm_kr_rotation(gm: GaussianMixture, axis_aligned: bool = True) -> Tensor:
         cov = gm_to_gaussian(gm_w)[0].cov
         if axis_aligned:
             cov = cov.mean(dim=(-4, -3), keepdim=True)
+        return rotation_from_covariance(cov)
+
+
+def rotation_from_covariance(cov: Tensor) -> Tensor:
+    """Eigenvectors of symmetric ``cov (..., C, C)`` as columns, by descending eigenvalue, each
+    with its largest-magnitude entry positive (the convention of :func:`gm_kr_rotation`)."""
+    with torch.no_grad():
         _, vecs = torch.linalg.eigh(cov)
         vecs = vecs.flip(-1)
         pivot = torch.gather(vecs, -2, vecs.abs().argmax(dim=-2, keepdim=True))
-        vecs = vecs * torch.where(pivot < 0, -1.0, 1.0).to(vecs.dtype)
-    return vecs
+        return vecs * torch.where(pivot < 0, -1.0, 1.0).to(vecs.dtype)
 
 
 def _row_times(x: Tensor, matrix: Tensor) -> Tensor:

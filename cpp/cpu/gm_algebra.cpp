@@ -1,0 +1,479 @@
+// CPU kernels of gm_mul_iso_gaussian, gm_posterior_mean (+ backward) and gm_sample (torch-free).
+//
+// All three work per (batch, [sample,] pixel) item on lane tiles (gm_lanes.h) and loop over
+// the K components of each item in registers/L1: no (K, C, H, W)-sized temporary exists.
+//
+//   gm_mul_iso_gaussian (§1.5), v_k = s_k^2, n_k = max(v_g + r v_k, eps):
+//     mu'_k = (v_g mu_k + r v_k m_g) / n_k
+//     lambda' = log_softmax_k(lambda_k - r |mu_k - m_g|^2 / (2 n_k) [- C/2 log n_k, per-component s])
+//     logstd'_k = logstd_k + 1/2 log v_g - 1/2 log n_k
+//   gm_posterior_mean (§4.5, natural-parameter form), sigmas clamped at eps:
+//     zeta = (a_t / s_t)^2 - (a_s / s_s)^2,  nu = a_t x_t / s_t^2 - a_s x_s / s_s^2,
+//     den_k = max(v_k zeta + 1, eps),  mu'_k = (v_k nu + mu_k) / den_k,
+//     logit_k = lambda_k + sum_c mu_kc (nu_c - zeta mu_kc / 2) / den_k
+//               [+ v_k |nu|^2 / (2 den_k) - C/2 log den_k, per-component s],
+//     mean = sum_k softmax_k(logit)_k mu'_k  (one pass, online softmax)
+//   gm_sample (§1.10): component = first k with cumsum_k(e) > u sum(e), e = exp(power lambda - max),
+//     sample = mu_k + s_k (/ sqrt power if cov_sharpen) * normal.
+#include "gm_lanes.h"
+
+namespace gmflow {
+namespace cpu {
+namespace GMFLOW_CPU_ISA {
+namespace {
+
+template <typename A>
+GMFLOW_ALWAYS_INLINE A clamp_min(A x, A lo) {
+  return x < lo ? lo : x;  // NaN stays NaN
+}
+
+// Online softmax-weighted sum over k, one lane per item: folds (logit, values[c]) into
+// (max, sum, acc[c]) with one exp per update. Zero-weight components (-inf) contribute nothing.
+template <typename A>
+GMFLOW_ALWAYS_INLINE void online_softmax_push(int64_t C, const A* GMFLOW_RESTRICT logit, const A* GMFLOW_RESTRICT values,
+                                              A* GMFLOW_RESTRICT max_value, A* GMFLOW_RESTRICT sum,
+                                              A* GMFLOW_RESTRICT acc) {
+  A keep[kLanes], add[kLanes];  // acc <- acc * keep + value * add
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    const A d = logit[v] - max_value[v];
+    const A ev = fast_exp(-(d < A(0) ? -d : d));
+    const bool zero = logit[v] == neg_infinity<A>();
+    const A e = zero ? A(0) : ev;
+    const bool grow = !(d <= A(0)) && !zero;  // NaN grows, so it propagates
+    keep[v] = grow ? e : A(1);
+    add[v] = grow ? A(1) : e;
+    sum[v] = sum[v] * keep[v] + add[v];
+    max_value[v] = grow ? logit[v] : max_value[v];
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    A* a = acc + c * kLanes;
+    const A* x = values + c * kLanes;
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) a[v] = a[v] * keep[v] + x[v] * add[v];
+  }
+}
+
+// ------------------------------------------------------------------ gm_mul_iso_gaussian
+
+template <typename T>
+GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t K = gm.K, C = gm.C, P = gm.P, Kl = gm.logstds_k, Po = prm.out_logstds_p;
+  const bool per_component = Kl != 1;
+  const A r = A(prm.ratio), eps = A(prm.eps);
+  LaneStrides<5> st;
+  const int64_t pixel[5] = {1, gm.logstds_sp, 1, 1, prm.gaussian_var_sp};
+  for (int t = 0; t < 5; ++t) st.pixel[t] = pixel[t];
+  Scratch<A> scratch((C + K) * kLanes);
+  A* g_mean = scratch.get();            // [C][kLanes]
+  A* logits = g_mean + C * kLanes;      // [K][kLanes]
+  LaneTile<5> tile;
+  for_each_lane_tile(prm.layout, st, 1, P, begin, end, tile, [&](const LaneTile<5>& L) {
+    A var_g[kLanes], half_log_var_g[kLanes], ls[kLanes], var[kLanes], n[kLanes], inv_n[kLanes], log_n[kLanes];
+    A a[kLanes], b[kLanes], q[kLanes];
+    A mu[kLanes], out[kLanes], max_value[kLanes], lw[kLanes];
+    gather(prm.gaussian_var, L, 4, prm.gaussian_var_sp, 0, var_g);
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) {
+      half_log_var_g[v] = A(0.5) * fast_log(var_g[v]);
+      max_value[v] = neg_infinity<A>();
+    }
+    for (int64_t c = 0; c < C; ++c) gather(prm.gaussian_mean, L, 3, 1, c * prm.gaussian_mean_sc, g_mean + c * kLanes);
+    for (int64_t k = 0; k < K; ++k) {
+      if (k == 0 || per_component) {
+        gather(gm.logstds, L, 1, gm.logstds_sp, per_component ? k * gm.logstds_sk : 0, ls);
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) var[v] = fast_exp(A(2) * ls[v]);
+      }
+      const bool need_log_n = per_component || k < Kl;
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        n[v] = clamp_min(var_g[v] + r * var[v], eps);
+        inv_n[v] = A(1) / n[v];
+        a[v] = var_g[v] * inv_n[v];
+        b[v] = r * var[v] * inv_n[v];
+        q[v] = A(0);
+        log_n[v] = need_log_n ? fast_log(n[v]) : A(0);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
+        const A* m = g_mean + c * kLanes;
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) {
+          out[v] = a[v] * mu[v] + b[v] * m[v];
+          const A d = mu[v] - m[v];
+          q[v] += d * d;
+        }
+        scatter(prm.out_means, L, K * C * P, (k * C + c) * P, out);
+      }
+      gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, lw);
+      A* logit = logits + k * kLanes;
+      const A half_c = A(0.5) * A(C);
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        A l = lw[v] - A(0.5) * r * q[v] * inv_n[v];
+        l = per_component ? l - half_c * log_n[v] : l;
+        logit[v] = l;
+        max_value[v] = l > max_value[v] ? l : max_value[v];
+        out[v] = ls[v] + half_log_var_g[v] - A(0.5) * log_n[v];
+      }
+      if (k < Kl) {
+        if (Po == P) {
+          scatter(prm.out_logstds, L, Kl * Po, k * Po, out);
+        } else {  // one std per (batch, k): written by the lane of pixel 0
+          for (int64_t v = 0; v < L.count; ++v)
+            if (L.p[v] == 0) store_acc(prm.out_logstds + L.row[v] * Kl * Po + k * Po, out[v]);
+        }
+      }
+    }
+    A sum[kLanes], lse[kLanes];
+    for (int64_t v = 0; v < kLanes; ++v) sum[v] = A(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const A* logit = logits + k * kLanes;
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) sum[v] += fast_exp(logit[v] - max_value[v]);
+    }
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) lse[v] = max_value[v] + fast_log(sum[v]);
+    for (int64_t k = 0; k < K; ++k) {
+      const A* logit = logits + k * kLanes;
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) out[v] = logit[v] - lse[v];
+      scatter(prm.out_logweights, L, K * P, k * P, out);
+    }
+  });
+}
+
+// ------------------------------------------------------------------ gm_posterior_mean
+
+// Per-tile constants of the posterior-mean conversion.
+template <typename A>
+struct PosteriorTile {
+  A zeta[kLanes], sq[kLanes];
+  A* nu;  // [C][kLanes]
+};
+
+template <typename T, typename A>
+GMFLOW_ALWAYS_INLINE void posterior_setup(const GmPosteriorMeanParams<T>& prm, const LaneTile<7>& L,
+                                          PosteriorTile<A>& pt, A* work) {
+  const int64_t C = prm.gm.C;
+  const A eps = A(prm.eps);
+  A s_src[kLanes], s_tgt[kLanes], c_src[kLanes], c_tgt[kLanes], x[kLanes];
+  gather(prm.sigma_src, L, 5, 0, 0, s_src);
+  gather(prm.sigma_tgt, L, 6, 0, 0, s_tgt);
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    const A ss = clamp_min(s_src[v], eps), stt = clamp_min(s_tgt[v], eps);
+    const A as = A(1) - ss, at = A(1) - stt;
+    pt.zeta[v] = (at / stt) * (at / stt) - (as / ss) * (as / ss);
+    c_src[v] = as / (ss * ss);
+    c_tgt[v] = at / (stt * stt);
+    pt.sq[v] = A(0);
+  }
+  pt.nu = work;
+  for (int64_t c = 0; c < C; ++c) {
+    A* nu = pt.nu + c * kLanes;
+    gather(prm.x_tgt, L, 4, 1, c * prm.x_tgt_sc, nu);
+    gather(prm.x_src, L, 3, 1, c * prm.x_src_sc, x);
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) {
+      nu[v] = c_tgt[v] * nu[v] - c_src[v] * x[v];
+      pt.sq[v] += nu[v] * nu[v];
+    }
+  }
+}
+
+// Component k of every lane: the moved means (into moved[C][kLanes]), the logit and the
+// pieces the backward needs (var, den, its derivative factor, Q = sum_c mu (nu - zeta mu / 2)).
+template <typename T, typename A>
+GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& prm, const LaneTile<7>& L,
+                                              const PosteriorTile<A>& pt, int64_t k, A* GMFLOW_RESTRICT var,
+                                              A* GMFLOW_RESTRICT den, A* GMFLOW_RESTRICT dden, A* GMFLOW_RESTRICT q,
+                                              A* GMFLOW_RESTRICT logit, A* GMFLOW_RESTRICT moved,
+                                              A* GMFLOW_RESTRICT mu_all) {
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t C = gm.C;
+  const bool per_component = gm.logstds_k != 1;
+  const A eps = A(prm.eps);
+  if (k == 0 || per_component) {
+    A ls[kLanes];
+    gather(gm.logstds, L, 1, gm.logstds_sp, per_component ? k * gm.logstds_sk : 0, ls);
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) {
+      var[v] = fast_exp(A(2) * ls[v]);
+      const A raw = var[v] * pt.zeta[v] + A(1);
+      den[v] = clamp_min(raw, eps);
+      dden[v] = raw > eps ? pt.zeta[v] : A(0);
+    }
+  }
+  A inv[kLanes];
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    inv[v] = A(1) / den[v];
+    q[v] = A(0);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    A* mu = mu_all + c * kLanes;
+    gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
+    const A* nu = pt.nu + c * kLanes;
+    A* mv = moved + c * kLanes;
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) {
+      mv[v] = (var[v] * nu[v] + mu[v]) * inv[v];
+      q[v] += mu[v] * (nu[v] - A(0.5) * pt.zeta[v] * mu[v]);
+    }
+  }
+  gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, logit);
+  const A half_c = A(0.5) * A(C);
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    A l = logit[v] + q[v] * inv[v];
+    if (per_component) l += A(0.5) * var[v] * pt.sq[v] * inv[v] - half_c * fast_log(den[v]);
+    logit[v] = l;
+  }
+}
+
+template <typename T>
+LaneStrides<7> posterior_strides(const GmPosteriorMeanParams<T>& prm) {
+  LaneStrides<7> st;
+  const int64_t pixel[7] = {1, prm.gm.logstds_sp, 1, 1, 1, 0, 0};
+  for (int t = 0; t < 7; ++t) st.pixel[t] = pixel[t];
+  return st;
+}
+
+template <typename T>
+GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t K = gm.K, C = gm.C, P = gm.P;
+  Scratch<A> scratch(4 * C * kLanes);
+  A* nu = scratch.get();
+  A* moved = nu + C * kLanes;
+  A* acc = moved + C * kLanes;
+  A* mu = acc + C * kLanes;
+  LaneTile<7> tile;
+  for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
+    PosteriorTile<A> pt;
+    posterior_setup(prm, L, pt, nu);
+    A var[kLanes], den[kLanes], dden[kLanes], q[kLanes], logit[kLanes], max_value[kLanes], sum[kLanes];
+    for (int64_t v = 0; v < kLanes; ++v) {
+      max_value[v] = neg_infinity<A>();
+      sum[v] = A(0);
+    }
+    for (int64_t i = 0; i < C * kLanes; ++i) acc[i] = A(0);
+    for (int64_t k = 0; k < K; ++k) {
+      posterior_component(prm, L, pt, k, var, den, dden, q, logit, moved, mu);
+      online_softmax_push(C, logit, moved, max_value, sum, acc);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      A* a = acc + c * kLanes;
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) a[v] /= sum[v];
+      scatter(prm.mean, L, C * P, c * P, a);
+    }
+  });
+}
+
+template <typename T>
+GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams<T>& prm, int64_t begin,
+                                             int64_t end) {
+  using A = acc_t<T>;
+  const GmPosteriorMeanParams<T>& fwd = prm.fwd;
+  const GmOperands<T>& gm = fwd.gm;
+  const int64_t K = gm.K, C = gm.C, P = gm.P, Kl = gm.logstds_k;
+  const bool per_component = Kl != 1;
+  Scratch<A> scratch(5 * C * kLanes);
+  A* nu = scratch.get();
+  A* moved = nu + C * kLanes;
+  A* g = moved + C * kLanes;
+  A* out = g + C * kLanes;
+  A* mu = out + C * kLanes;
+  LaneTile<7> tile;
+  for_each_lane_tile(fwd.layout, posterior_strides(fwd), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
+    PosteriorTile<A> pt;
+    posterior_setup(fwd, L, pt, nu);
+    A var[kLanes], den[kLanes], dden[kLanes], q[kLanes], logit[kLanes], max_value[kLanes], sum[kLanes];
+    A lse[kLanes], pi[kLanes], d[kLanes], res[kLanes], g_var[kLanes], g_ls_shared[kLanes];
+    for (int64_t v = 0; v < kLanes; ++v) {
+      max_value[v] = neg_infinity<A>();
+      sum[v] = A(0);
+      g_ls_shared[v] = A(0);
+    }
+    for (int64_t k = 0; k < K; ++k) {  // pass 1: the log normaliser of the logits
+      posterior_component(fwd, L, pt, k, var, den, dden, q, logit, moved, mu);
+      tile_lse_push<int(kLanes)>(kLanes, logit, max_value, sum);
+    }
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) lse[v] = lse_result(max_value[v], sum[v]);
+    for (int64_t c = 0; c < C; ++c) {
+      gather_rows(prm.grad, L, C * P, c * P, g + c * kLanes);
+      gather_rows(prm.mean, L, C * P, c * P, out + c * kLanes);
+    }
+    const A half_c = A(0.5) * A(C);
+    for (int64_t k = 0; k < K; ++k) {  // pass 2: gradients of component k
+      posterior_component(fwd, L, pt, k, var, den, dden, q, logit, moved, mu);
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        pi[v] = responsibility(logit[v], lse[v]);
+        d[v] = A(0);
+        g_var[v] = A(0);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const A* gc = g + c * kLanes;
+        const A* oc = out + c * kLanes;
+        const A* mv = moved + c * kLanes;
+        const A* nc = nu + c * kLanes;
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) {
+          d[v] += gc[v] * (mv[v] - oc[v]);
+          g_var[v] += gc[v] * (nc[v] - mv[v] * dden[v]);
+        }
+      }
+      if (prm.grad_logweights) {
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) res[v] = pi[v] * d[v];
+        scatter(prm.grad_logweights, L, K * P, k * P, res);
+      }
+      if (prm.grad_means) {
+        for (int64_t c = 0; c < C; ++c) {
+          const A* gc = g + c * kLanes;
+          const A* nc = nu + c * kLanes;
+          const A* mc = mu + c * kLanes;
+#pragma omp simd
+          for (int64_t v = 0; v < kLanes; ++v)
+            res[v] = pi[v] * (gc[v] + d[v] * (nc[v] - pt.zeta[v] * mc[v])) / den[v];
+          scatter(prm.grad_means, L, K * C * P, (k * C + c) * P, res);
+        }
+      }
+      if (prm.grad_logstds) {
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) {
+          const A inv = A(1) / den[v];
+          A dlogit = -q[v] * inv * dden[v] * inv;
+          if (per_component)
+            dlogit += A(0.5) * pt.sq[v] * inv - A(0.5) * var[v] * pt.sq[v] * dden[v] * inv * inv -
+                      half_c * dden[v] * inv;
+          res[v] = A(2) * var[v] * (pi[v] * g_var[v] * inv + pi[v] * d[v] * dlogit);
+          g_ls_shared[v] += res[v];
+        }
+        if (per_component) scatter(prm.grad_logstds, L, Kl * P, k * P, res);
+      }
+    }
+    if (prm.grad_logstds && !per_component) scatter(prm.grad_logstds, L, P, 0, g_ls_shared);
+  });
+}
+
+// ------------------------------------------------------------------ gm_sample
+
+template <typename T>
+GMFLOW_FLATTEN void sample_range(const GmSampleParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t K = gm.K, C = gm.C, P = gm.P, N = prm.N;
+  const bool per_component = gm.logstds_k != 1;
+  const A power = A(prm.power);
+  const A std_scale = prm.cov_sharpen ? A(1) / A(std::sqrt(prm.power)) : A(1);
+  LaneStrides<5> st;
+  const int64_t inner[5] = {0, 0, 0, prm.uniforms_sn, prm.normals_sn};
+  const int64_t pixel[5] = {1, gm.logstds_sp, 1, 1, 1};
+  for (int t = 0; t < 5; ++t) {
+    st.inner[t] = inner[t];
+    st.pixel[t] = pixel[t];
+  }
+  Scratch<A> scratch(K * kLanes);
+  A* e = scratch.get();  // [K][kLanes]
+  LaneTile<5> tile;
+  for_each_lane_tile(prm.layout, st, N, P, begin, end, tile, [&](const LaneTile<5>& L) {
+    A max_value[kLanes], total[kLanes], target[kLanes], cum[kLanes], std_dev[kLanes], z[kLanes], out[kLanes];
+    int64_t chosen[kLanes], last[kLanes];
+    for (int64_t v = 0; v < kLanes; ++v) {
+      max_value[v] = neg_infinity<A>();
+      total[v] = A(0);
+      cum[v] = A(0);
+      chosen[v] = -1;
+      last[v] = 0;
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      A* ek = e + k * kLanes;
+      gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, ek);
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        ek[v] *= power;
+        max_value[v] = ek[v] > max_value[v] ? ek[v] : max_value[v];
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      A* ek = e + k * kLanes;
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        ek[v] = fast_exp(ek[v] - max_value[v]);
+        total[v] += ek[v];
+      }
+    }
+    gather(prm.uniforms, L, 3, 1, 0, target);
+    for (int64_t v = 0; v < kLanes; ++v) target[v] *= total[v];
+    for (int64_t k = 0; k < K; ++k) {
+      const A* ek = e + k * kLanes;
+      for (int64_t v = 0; v < kLanes; ++v) {
+        cum[v] += ek[v];
+        chosen[v] = (chosen[v] < 0 && target[v] < cum[v]) ? k : chosen[v];
+        last[v] = ek[v] > A(0) ? k : last[v];
+      }
+    }
+    for (int64_t v = 0; v < kLanes; ++v) {
+      chosen[v] = chosen[v] < 0 ? last[v] : chosen[v];
+      const int64_t ks = per_component ? chosen[v] * gm.logstds_sk : 0;
+      std_dev[v] = fast_exp(load_acc(gm.logstds + L.off[1][v] + ks)) * std_scale;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      gather(prm.normals, L, 4, 1, c * prm.normals_sc, z);
+      for (int64_t v = 0; v < kLanes; ++v)
+        out[v] = load_acc(gm.means + L.off[0][v] + chosen[v] * gm.means_sk + c * gm.means_sc) + std_dev[v] * z[v];
+      scatter(prm.out, L, C * P, c * P, out);
+    }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void gm_mul_iso_gaussian(const GmMulIsoGaussianParams<T>& prm, const ParallelFor& pf) {
+  run_items(prm, prm.gm.batch * prm.gm.P, prm.gm.K * (prm.gm.C + 4), pf,
+            [](const auto& q, int64_t b, int64_t e) { mul_iso_range(q, b, e); });
+}
+
+template <typename T>
+void gm_posterior_mean(const GmPosteriorMeanParams<T>& prm, const ParallelFor& pf) {
+  run_items(prm, prm.gm.batch * prm.gm.P, prm.gm.K * (2 * prm.gm.C + 4), pf,
+            [](const auto& q, int64_t b, int64_t e) { posterior_range(q, b, e); });
+}
+
+template <typename T>
+void gm_posterior_mean_backward(const GmPosteriorMeanBackwardParams<T>& prm, const ParallelFor& pf) {
+  const GmOperands<T>& gm = prm.fwd.gm;
+  run_items(prm, gm.batch * gm.P, gm.K * (5 * gm.C + 8), pf,
+            [](const auto& q, int64_t b, int64_t e) { posterior_backward_range(q, b, e); });
+}
+
+template <typename T>
+void gm_sample(const GmSampleParams<T>& prm, const ParallelFor& pf) {
+  run_items(prm, prm.gm.batch * prm.N * prm.gm.P, prm.gm.K * 3 + prm.gm.C, pf,
+            [](const auto& q, int64_t b, int64_t e) { sample_range(q, b, e); });
+}
+
+#define GMFLOW_INSTANTIATE_ALGEBRA(T)                                                                   \
+  template void gm_mul_iso_gaussian<T>(const GmMulIsoGaussianParams<T>&, const ParallelFor&);           \
+  template void gm_posterior_mean<T>(const GmPosteriorMeanParams<T>&, const ParallelFor&);              \
+  template void gm_posterior_mean_backward<T>(const GmPosteriorMeanBackwardParams<T>&, const ParallelFor&); \
+  template void gm_sample<T>(const GmSampleParams<T>&, const ParallelFor&);
+
+GMFLOW_INSTANTIATE_ALGEBRA(float)
+GMFLOW_INSTANTIATE_ALGEBRA(double)
+GMFLOW_INSTANTIATE_ALGEBRA(Half)
+GMFLOW_INSTANTIATE_ALGEBRA(BFloat16)
+
+}  // namespace GMFLOW_CPU_ISA
+}  // namespace cpu
+}  // namespace gmflow
