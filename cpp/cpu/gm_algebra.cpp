@@ -82,21 +82,20 @@ GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t 
     }
     for (int64_t c = 0; c < C; ++c) gather(prm.gaussian_mean, L, 3, 1, c * prm.gaussian_mean_sc, g_mean + c * kLanes);
     for (int64_t k = 0; k < K; ++k) {
-      if (k == 0 || per_component) {
+      if (k == 0 || per_component) {  // a shared std: the same factors for every component
         gather(gm.logstds, L, 1, gm.logstds_sp, per_component ? k * gm.logstds_sk : 0, ls);
 #pragma omp simd
-        for (int64_t v = 0; v < kLanes; ++v) var[v] = fast_exp(A(2) * ls[v]);
+        for (int64_t v = 0; v < kLanes; ++v) {
+          var[v] = fast_exp(A(2) * ls[v]);
+          n[v] = clamp_min(var_g[v] + r * var[v], eps);
+          inv_n[v] = A(1) / n[v];
+          a[v] = var_g[v] * inv_n[v];
+          b[v] = r * var[v] * inv_n[v];
+          log_n[v] = fast_log(n[v]);
+        }
       }
-      const bool need_log_n = per_component || k < Kl;
 #pragma omp simd
-      for (int64_t v = 0; v < kLanes; ++v) {
-        n[v] = clamp_min(var_g[v] + r * var[v], eps);
-        inv_n[v] = A(1) / n[v];
-        a[v] = var_g[v] * inv_n[v];
-        b[v] = r * var[v] * inv_n[v];
-        q[v] = A(0);
-        log_n[v] = need_log_n ? fast_log(n[v]) : A(0);
-      }
+      for (int64_t v = 0; v < kLanes; ++v) q[v] = A(0);
       for (int64_t c = 0; c < C; ++c) {
         gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
         const A* m = g_mean + c * kLanes;
@@ -186,11 +185,13 @@ GMFLOW_ALWAYS_INLINE void posterior_setup(const GmPosteriorMeanParams<T>& prm, c
 }
 
 // Component k of every lane: the moved means (into moved[C][kLanes]), the logit and the
-// pieces the backward needs (var, den, its derivative factor, Q = sum_c mu (nu - zeta mu / 2)).
+// pieces the backward needs (var, den, its derivative factor, 1 / den, Q = sum_c mu (nu - zeta mu / 2)).
+// var, den, dden and inv are only recomputed when the std changes (k = 0 or per-component stds).
 template <typename T, typename A>
 GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& prm, const LaneTile<7>& L,
                                               const PosteriorTile<A>& pt, int64_t k, A* GMFLOW_RESTRICT var,
-                                              A* GMFLOW_RESTRICT den, A* GMFLOW_RESTRICT dden, A* GMFLOW_RESTRICT q,
+                                              A* GMFLOW_RESTRICT den, A* GMFLOW_RESTRICT dden,
+                                              A* GMFLOW_RESTRICT inv, A* GMFLOW_RESTRICT q,
                                               A* GMFLOW_RESTRICT logit, A* GMFLOW_RESTRICT moved,
                                               A* GMFLOW_RESTRICT mu_all) {
   const GmOperands<T>& gm = prm.gm;
@@ -206,32 +207,30 @@ GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& pr
       const A raw = var[v] * pt.zeta[v] + A(1);
       den[v] = clamp_min(raw, eps);
       dden[v] = raw > eps ? pt.zeta[v] : A(0);
+      inv[v] = A(1) / den[v];
     }
-  }
-  A inv[kLanes];
-#pragma omp simd
-  for (int64_t v = 0; v < kLanes; ++v) {
-    inv[v] = A(1) / den[v];
-    q[v] = A(0);
   }
   for (int64_t c = 0; c < C; ++c) {
     A* mu = mu_all + c * kLanes;
     gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
     const A* nu = pt.nu + c * kLanes;
     A* mv = moved + c * kLanes;
+    const bool first = c == 0;  // q starts at channel 0 (no separate zeroing pass)
 #pragma omp simd
     for (int64_t v = 0; v < kLanes; ++v) {
       mv[v] = (var[v] * nu[v] + mu[v]) * inv[v];
-      q[v] += mu[v] * (nu[v] - A(0.5) * pt.zeta[v] * mu[v]);
+      q[v] = (first ? A(0) : q[v]) + mu[v] * (nu[v] - A(0.5) * pt.zeta[v] * mu[v]);
     }
   }
   gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, logit);
-  const A half_c = A(0.5) * A(C);
+  if (per_component) {  // separate loops: a simd loop would evaluate the log for a shared std too
+    const A half_c = A(0.5) * A(C);
 #pragma omp simd
-  for (int64_t v = 0; v < kLanes; ++v) {
-    A l = logit[v] + q[v] * inv[v];
-    if (per_component) l += A(0.5) * var[v] * pt.sq[v] * inv[v] - half_c * fast_log(den[v]);
-    logit[v] = l;
+    for (int64_t v = 0; v < kLanes; ++v)
+      logit[v] += q[v] * inv[v] + A(0.5) * var[v] * pt.sq[v] * inv[v] - half_c * fast_log(den[v]);
+  } else {
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) logit[v] += q[v] * inv[v];
   }
 }
 
@@ -257,14 +256,15 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
   for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
     PosteriorTile<A> pt;
     posterior_setup(prm, L, pt, nu);
-    A var[kLanes], den[kLanes], dden[kLanes], q[kLanes], logit[kLanes], max_value[kLanes], sum[kLanes];
+    A var[kLanes], den[kLanes], dden[kLanes], inv_den[kLanes], q[kLanes], logit[kLanes], max_value[kLanes];
+    A sum[kLanes];
     for (int64_t v = 0; v < kLanes; ++v) {
       max_value[v] = neg_infinity<A>();
       sum[v] = A(0);
     }
     for (int64_t i = 0; i < C * kLanes; ++i) acc[i] = A(0);
     for (int64_t k = 0; k < K; ++k) {
-      posterior_component(prm, L, pt, k, var, den, dden, q, logit, moved, mu);
+      posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu);
       online_softmax_push(C, logit, moved, max_value, sum, acc);
     }
     for (int64_t c = 0; c < C; ++c) {
@@ -294,7 +294,8 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
   for_each_lane_tile(fwd.layout, posterior_strides(fwd), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
     PosteriorTile<A> pt;
     posterior_setup(fwd, L, pt, nu);
-    A var[kLanes], den[kLanes], dden[kLanes], q[kLanes], logit[kLanes], max_value[kLanes], sum[kLanes];
+    A var[kLanes], den[kLanes], dden[kLanes], inv_den[kLanes], q[kLanes], logit[kLanes], max_value[kLanes];
+    A sum[kLanes];
     A lse[kLanes], pi[kLanes], d[kLanes], res[kLanes], g_var[kLanes], g_ls_shared[kLanes];
     for (int64_t v = 0; v < kLanes; ++v) {
       max_value[v] = neg_infinity<A>();
@@ -302,7 +303,7 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
       g_ls_shared[v] = A(0);
     }
     for (int64_t k = 0; k < K; ++k) {  // pass 1: the log normaliser of the logits
-      posterior_component(fwd, L, pt, k, var, den, dden, q, logit, moved, mu);
+      posterior_component(fwd, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu);
       tile_lse_push<int(kLanes)>(kLanes, logit, max_value, sum);
     }
 #pragma omp simd
@@ -313,7 +314,7 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
     }
     const A half_c = A(0.5) * A(C);
     for (int64_t k = 0; k < K; ++k) {  // pass 2: gradients of component k
-      posterior_component(fwd, L, pt, k, var, den, dden, q, logit, moved, mu);
+      posterior_component(fwd, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu);
 #pragma omp simd
       for (int64_t v = 0; v < kLanes; ++v) {
         pi[v] = responsibility(logit[v], lse[v]);

@@ -72,15 +72,22 @@ GMFLOW_ALWAYS_INLINE void for_each_lane_tile(const BatchLayout<kOps>& layout, co
     while (p < p_end) {
       const int64_t take = std::min(p_end - p, kLanes - tile.count);
       ++runs;
+      // Local pointers: stores through tile.* could alias tile.count, which blocks vectorisation.
+      const int64_t at = tile.count;
+      int64_t* GMFLOW_RESTRICT rows = tile.row + at;
+      int64_t* GMFLOW_RESTRICT bs = tile.b + at;
+      int64_t* GMFLOW_RESTRICT ps = tile.p + at;
+#pragma omp simd
       for (int64_t j = 0; j < take; ++j) {
-        const int64_t v = tile.count + j;
-        tile.row[v] = row;
-        tile.b[v] = b;
-        tile.p[v] = p + j;
+        rows[j] = row;
+        bs[j] = b;
+        ps[j] = p + j;
       }
       for (int t = 0; t < kOps; ++t) {
-        const int64_t s = strides.pixel[t];
-        for (int64_t j = 0; j < take; ++j) tile.off[t][tile.count + j] = base[t] + (p + j) * s;
+        const int64_t s = strides.pixel[t], first = base[t] + p * s;
+        int64_t* GMFLOW_RESTRICT off = tile.off[t] + at;
+#pragma omp simd
+        for (int64_t j = 0; j < take; ++j) off[j] = first + j * s;
       }
       tile.count += take;
       p += take;
