@@ -237,7 +237,7 @@ def memcpy_time(num_bytes: int, device, min_time: float) -> float:
     return median_time(lambda: dst.copy_(src), device, min_time, warmup=3)
 
 
-def run(device: str, shapes: list[str], min_time: float, warmup: int) -> dict:
+def run(device: str, shapes: list[str], min_time: float, warmup: int, with_compile: bool = True) -> dict:
     results = {
         "device": device,
         "machine": machine_name(device),
@@ -252,6 +252,9 @@ def run(device: str, shapes: list[str], min_time: float, warmup: int) -> dict:
         for case in build_cases(shape, device):
             times = {}
             for impl, fn in case.fns.items():
+                if impl == "compile" and not with_compile:
+                    times[impl] = None
+                    continue
                 try:
                     times[impl] = median_time(fn, device, min_time, warmup)
                 except Exception as exc:  # e.g. a graph break under fullgraph=True
@@ -336,20 +339,21 @@ def main(argv=None) -> int:
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per measurement")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="short smoke run (CI)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (minutes of compiling)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run without the compile baseline (CI)")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<machine>/bench_ops.json)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device available", file=sys.stderr)
         return 2
     if args.quick:
-        args.min_time, args.warmup = 0.05, 2
+        args.min_time, args.warmup, args.no_compile = 0.05, 2, True
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"gmflow {gmflow.__version__}, torch {torch.__version__}, device {machine_name(args.device)}, "
           f"{torch.get_num_threads()} threads")
     print(HEADER)
-    results = run(args.device, args.shapes, args.min_time, args.warmup)
+    results = run(args.device, args.shapes, args.min_time, args.warmup, with_compile=not args.no_compile)
     out = args.out or Path(__file__).parent / "results" / results["machine"] / "bench_ops.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
