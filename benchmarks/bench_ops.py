@@ -189,14 +189,14 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, device, min_time: float, warmup: int) -> float:
-    """Median seconds per call, repeating until min_time has elapsed (at least 5 calls)."""
+def median_time(fn, device, min_time: float, warmup: int, min_calls: int = 5) -> float:
+    """Median seconds per call, repeating until min_time has elapsed (at least min_calls calls)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
     start = time.perf_counter()
-    while len(times) < 5 or time.perf_counter() - start < min_time:
+    while len(times) < min_calls or time.perf_counter() - start < min_time:
         if device == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +36,7 @@ from gmflow.flow import FlowEulerODEScheduler, GMFlowSDEScheduler, gmflow_sample
 from gmflow.models import GMDIT_IMAGENET_K8, GMDiT, SpectrumMLP
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ops import machine_name  # noqa: E402
+from bench_ops import machine_name, median_time  # noqa: E402
 
 CONFIGS = {
     "tiny": dataclasses.replace(GMDIT_IMAGENET_K8, num_layers=2, num_attention_heads=4, attention_head_dim=16,
@@ -51,33 +49,6 @@ SOLVERS = {
     "gm-ode2": ("mean", 4, FlowEulerODEScheduler),
     "gm-sde2": ("sample", 1, GMFlowSDEScheduler),
 }
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_time(fn, device: str, min_time: float, warmup: int, min_calls: int = 3) -> float:
-    """Median seconds per call, repeating until ``min_time`` has elapsed (at least ``min_calls`` calls)."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < min_time:
-        if device == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build(config, device: str, dtype: torch.dtype) -> GMDiT:
@@ -100,7 +71,7 @@ def forward_time(model: GMDiT, batch: int, device: str, min_time: float, warmup:
         with torch.inference_mode():
             model(x.to(model.dtype), t, labels)
 
-    return median_time(fn, device, min_time, warmup)
+    return median_time(fn, device, min_time, warmup, min_calls=3)
 
 
 def gm_step_time(solver: str, batch: int, K: int, C: int, size: int, device: str, steps: int, min_time: float,
@@ -128,7 +99,7 @@ def gm_step_time(solver: str, batch: int, K: int, C: int, size: int, device: str
                       guidance_scale=guidance, scheduler=scheduler_cls(), spectrum_net=spectrum,
                       generator=generator, cond_first=True)
 
-    return median_time(fn, device, min_time, warmup) / steps
+    return median_time(fn, device, min_time, warmup, min_calls=3) / steps
 
 
 def run(args) -> dict:

@@ -264,32 +264,26 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const GmSampleParams<T
   }
 }
 
-template <typename Params, typename Kernel>
-const char* launch_items(const Params& prm, int64_t items, Kernel kernel, void* stream) {
-  kernel<<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(prm);
-  return launch_status();
-}
-
 }  // namespace
 
 template <typename T>
 const char* gm_mul_iso_gaussian(const GmMulIsoGaussianParams<T>& prm, void* stream) {
-  return launch_items(prm, prm.gm.batch * prm.gm.P, mul_iso_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.gm.P, mul_iso_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_posterior_mean(const GmPosteriorMeanParams<T>& prm, void* stream) {
-  return launch_items(prm, prm.gm.batch * prm.gm.P, posterior_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.gm.P, posterior_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_posterior_mean_backward(const GmPosteriorMeanBackwardParams<T>& prm, void* stream) {
-  return launch_items(prm, prm.fwd.gm.batch * prm.fwd.gm.P, posterior_backward_kernel<T>, stream);
+  return launch_grid(prm, prm.fwd.gm.batch * prm.fwd.gm.P, posterior_backward_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_sample(const GmSampleParams<T>& prm, void* stream) {
-  return launch_items(prm, prm.gm.batch * prm.N * prm.gm.P, sample_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, sample_kernel<T>, stream);
 }
 
 #define GMFLOW_INSTANTIATE(T)                                                                            \

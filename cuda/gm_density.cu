@@ -105,16 +105,12 @@ __global__ void __launch_bounds__(kThreads) logprob_backward_kernel(const GmLogp
 
 template <typename T>
 const char* gm_logprob(const GmLogprobParams<T>& prm, void* stream) {
-  const int64_t items = prm.gm.batch * prm.N * prm.gm.P;
-  logprob_kernel<T><<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(prm);
-  return launch_status();
+  return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, logprob_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_logprob_backward(const GmLogprobBackwardParams<T>& prm, void* stream) {
-  const int64_t items = prm.fwd.gm.batch * prm.fwd.gm.P;
-  logprob_backward_kernel<T><<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(prm);
-  return launch_status();
+  return launch_grid(prm, prm.fwd.gm.batch * prm.fwd.gm.P, logprob_backward_kernel<T>, stream);
 }
 
 #define GMFLOW_INSTANTIATE(T)                                                       \

@@ -105,27 +105,21 @@ __global__ void __launch_bounds__(kThreads) to_iso_gaussian_kernel(const GmToIso
   }
 }
 
-template <typename Params, typename Kernel>
-const char* launch_per_pixel(const Params& prm, int64_t items, Kernel kernel, void* stream) {
-  kernel<<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(prm);
-  return launch_status();
-}
-
 }  // namespace
 
 template <typename T>
 const char* gm_to_mean(const GmToMeanParams<T>& prm, void* stream) {
-  return launch_per_pixel(prm, prm.gm.batch * prm.gm.P, to_mean_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.gm.P, to_mean_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_to_mean_backward(const GmToMeanBackwardParams<T>& prm, void* stream) {
-  return launch_per_pixel(prm, prm.fwd.gm.batch * prm.fwd.gm.P, to_mean_backward_kernel<T>, stream);
+  return launch_grid(prm, prm.fwd.gm.batch * prm.fwd.gm.P, to_mean_backward_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_to_iso_gaussian(const GmToIsoGaussianParams<T>& prm, void* stream) {
-  return launch_per_pixel(prm, prm.gm.batch * prm.gm.P, to_iso_gaussian_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.gm.P, to_iso_gaussian_kernel<T>, stream);
 }
 
 #define GMFLOW_INSTANTIATE(T)                                                                  \

@@ -409,34 +409,28 @@ __global__ void __launch_bounds__(kThreads) kr_forward_kernel(const GmKrParams<T
   }
 }
 
-template <typename Params, typename Kernel>
-const char* launch_items(const Params& prm, int64_t items, Kernel kernel, void* stream) {
-  kernel<<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(prm);
-  return launch_status();
-}
-
 }  // namespace
 
 template <typename T>
 const char* gm1d_inverse_cdf(const Gm1dInverseCdfParams<T>& prm, void* stream) {
-  return launch_items(prm, prm.gm.batch * prm.N * prm.gm.P, inverse_cdf_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, inverse_cdf_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm1d_inverse_cdf_backward(const Gm1dInverseCdfBackwardParams<T>& prm, void* stream) {
-  return launch_items(prm, prm.fwd.gm.batch * prm.fwd.gm.P, inverse_cdf_backward_kernel<T>, stream);
+  return launch_grid(prm, prm.fwd.gm.batch * prm.fwd.gm.P, inverse_cdf_backward_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_kr_inverse(const GmKrParams<T>& prm, void* stream) {
   if (!prm.workspace) return "gm_kr_inverse: no workspace (kr_workspace_slots(K, C) values per item)";
-  return launch_items(prm, prm.gm.batch * prm.N * prm.gm.P, kr_inverse_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, kr_inverse_kernel<T>, stream);
 }
 
 template <typename T>
 const char* gm_kr_forward(const GmKrParams<T>& prm, void* stream) {
   if (!prm.workspace) return "gm_kr_forward: no workspace (kr_workspace_slots(K, C) values per item)";
-  return launch_items(prm, prm.gm.batch * prm.N * prm.gm.P, kr_forward_kernel<T>, stream);
+  return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, kr_forward_kernel<T>, stream);
 }
 
 #define GMFLOW_INSTANTIATE(T)                                                                                  \

@@ -25,6 +25,14 @@ inline const char* launch_status() {
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
+// Launches kernel(prm) with one thread per item (grid-stride loop) on `stream`; the error
+// string of the launch, or null.
+template <typename Params, typename Kernel>
+const char* launch_grid(const Params& prm, int64_t items, Kernel kernel, void* stream) {
+  kernel<<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(prm);
+  return launch_status();
+}
+
 // Pointers of one GM operand set moved to (batch b, pixel p).
 template <typename T>
 struct PixelGmRef {

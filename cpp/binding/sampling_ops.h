@@ -458,6 +458,11 @@ struct KrPlan {
   }
 
   int64_t items() const { return product(batch) * N * d.H * d.W; }
+
+  // Per-item scratch of the backends that need it (CUDA), in the accumulation dtype of 'rotation'.
+  Tensor workspace(bool needed) const {
+    return needed ? new_empty(rotation, Shape{items() * kr_workspace_slots(d.K, d.C)}) : empty_grad(rotation);
+  }
 };
 
 template <class Backend>
@@ -471,8 +476,7 @@ Tensor gm_kr_inverse(Tensor means, Tensor logstds, Tensor logweights, Tensor gau
   const GmDims& d = plan.d;
   Tensor out = new_empty(means, concat(plan.batch, {plan.N, d.C, d.H, d.W}));
   if (out.numel() == 0) return out;
-  Tensor workspace = Backend::kKrWorkspace ? new_empty(rotation, Shape{plan.items() * kr_workspace_slots(d.K, d.C)})
-                                           : empty_grad(rotation);
+  const Tensor workspace = plan.workspace(Backend::kKrWorkspace);
   const typename Backend::Scope scope(means);
   dispatch_float(means, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -495,8 +499,7 @@ Tensor gm_kr_forward(Tensor means, Tensor logstds, Tensor logweights, Tensor sam
   const GmDims& d = plan.d;
   Tensor out = new_empty(means, concat(plan.batch, {plan.N, plan.axes, d.H, d.W}));
   if (out.numel() == 0) return out;
-  Tensor workspace = Backend::kKrWorkspace ? new_empty(rotation, Shape{plan.items() * kr_workspace_slots(d.K, d.C)})
-                                           : empty_grad(rotation);
+  const Tensor workspace = plan.workspace(Backend::kKrWorkspace);
   const typename Backend::Scope scope(means);
   dispatch_float(means, [&](auto tag) {
     using T = typename decltype(tag)::type;
