@@ -27,8 +27,10 @@ import torch
 
 import gmflow
 from gmflow import info as gm_info
-from gmflow.reference import core as ref
-from gmflow.reference import sampling_ops as sref
+from gmflow.reference import density as ref
+from gmflow._ops import kr as kr_op
+from gmflow._ops import mul_iso_gaussian as mul_op
+from gmflow._ops import posterior_mean as posterior_op
 from gmflow.reference.transport import gm_kr_rotation
 from gmflow.types import GaussianMixture
 
@@ -153,15 +155,15 @@ def build_sampling_cases(shape, device) -> list[Case]:
 
     add(
         "gm_mul_iso_gaussian",
-        {"native": torch.ops.gmflow.gm_mul_iso_gaussian, "eager": sref.gm_mul_iso_gaussian,
-         "compile": torch.compile(sref.gm_mul_iso_gaussian, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_mul_iso_gaussian, "eager": mul_op.reference,
+         "compile": torch.compile(mul_op.reference, fullgraph=True)},
         (means, logstds, logweights, x_tgt, g_var),
         2 * nbytes(means, logweights) + nbytes(x_tgt, g_var) + out_bytes,
     )
     add(
         "gm_posterior_mean",
-        {"native": torch.ops.gmflow.gm_posterior_mean, "eager": sref.gm_posterior_mean,
-         "compile": torch.compile(sref.gm_posterior_mean, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_posterior_mean, "eager": posterior_op.reference,
+         "compile": torch.compile(posterior_op.reference, fullgraph=True)},
         (means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt),
         nbytes(means, logstds, logweights) + 3 * nbytes(x_src),
     )
@@ -169,15 +171,15 @@ def build_sampling_cases(shape, device) -> list[Case]:
     # axes, each a batched Newton solve of n_steps Python-level iterations).
     add(
         "gm_kr_inverse",
-        {"native": torch.ops.gmflow.gm_kr_inverse, "eager": sref.gm_kr_inverse,
-         "compile": torch.compile(sref.gm_kr_inverse, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_kr_inverse, "eager": kr_op.reference_inverse,
+         "compile": torch.compile(kr_op.reference_inverse, fullgraph=True)},
         (means, logstds, logweights, samples, rotation, None, None, KR_NEWTON_STEPS),
         nbytes(means, logweights) + 2 * nbytes(samples),
     )
     add(
         "gm_kr_forward",
-        {"native": torch.ops.gmflow.gm_kr_forward, "eager": sref.gm_kr_forward,
-         "compile": torch.compile(sref.gm_kr_forward, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_kr_forward, "eager": kr_op.reference_forward,
+         "compile": torch.compile(kr_op.reference_forward, fullgraph=True)},
         (means, logstds, logweights, samples, rotation),
         nbytes(means, logweights) + 2 * nbytes(samples),
     )

@@ -50,3 +50,14 @@ def devices() -> list[str]:
 @pytest.fixture(params=devices(), scope="session")
 def device(request):
     return request.param
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of small-tensor tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): one
+    intra-op thread avoids thread-pool overhead (and stalls on a busy 2-core machine); the previous
+    setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

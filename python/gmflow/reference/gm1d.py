@@ -16,15 +16,15 @@ from torch import Tensor
 
 from gmflow.types import GaussianMixture1D
 
-from .algebra import _result_dtype, _work_dtype
+from .common import acc_dtype, result_dtype
 
-__all__ = ["gm1d_inverse_cdf", "gm1d_moments", "gm1d_pdf_cdf"]
+__all__ = ["check_gm1d", "gm1d_inverse_cdf", "gm1d_moments", "gm1d_pdf_cdf"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 _SQRT_2 = math.sqrt(2.0)
 
 
-def _check_gm1d(gm1d) -> None:
+def check_gm1d(gm1d) -> None:
     if not isinstance(gm1d, GaussianMixture1D):
         raise TypeError(f"gm1d must be a GaussianMixture1D, got {type(gm1d).__name__}")
     means, logstds, logweights = gm1d
@@ -55,9 +55,9 @@ def gm1d_pdf_cdf(gm1d: GaussianMixture1D, samples: Tensor) -> tuple[Tensor, Tens
     ``scaled_cdf = sum_k w_k erf(z_k / sqrt 2)`` in ``[-1, 1]`` (``d scaled_cdf / dx = 2 pdf``),
     with ``w = exp(lambda)`` (no renormalisation, as upstream).
     """
-    _check_gm1d(gm1d)
-    dtype = _result_dtype(gm1d.means, samples)
-    work = _work_dtype(samples.dtype, *(t.dtype for t in gm1d))
+    check_gm1d(gm1d)
+    dtype = result_dtype(gm1d.means, samples)
+    work = acc_dtype(samples.dtype, *(t.dtype for t in gm1d))
     pdf, cdf = _pdf_cdf(*(t.to(work) for t in gm1d), samples.to(work))
     return pdf.to(dtype), cdf.to(dtype)
 
@@ -98,11 +98,11 @@ def gm1d_inverse_cdf(
     the gradient is the implicit one without unrolling, and nothing (``gm_weights``,
     ``gm_vars``) is cached into ``gm1d``.
     """
-    _check_gm1d(gm1d)
+    check_gm1d(gm1d)
     if n_steps < 0:
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
-    dtype = _result_dtype(gm1d.means, scaled_cdfs)
-    work = _work_dtype(scaled_cdfs.dtype, *(t.dtype for t in gm1d))
+    dtype = result_dtype(gm1d.means, scaled_cdfs)
+    work = acc_dtype(scaled_cdfs.dtype, *(t.dtype for t in gm1d))
     means, logstds, logweights = (t.to(work) for t in gm1d)
     c = scaled_cdfs.to(work)
     with torch.no_grad():
