@@ -91,6 +91,7 @@ def _wrapper_call(name):
         "gm1d_inverse_cdf": lambda gm: ops.gm1d_inverse_cdf(
             gmflow.GaussianMixture1D(gm.means[:, :, 0], gm.logstds[:, 0], gm.logweights[:, :, 0]),
             torch.tanh(samples[:, :, 0])),
+        "gm_kr_rotation": lambda gm: ops.gm_kr_rotation(gm),
         "gaussian_samples_to_gm_samples": lambda gm: ops.gaussian_samples_to_gm_samples(gm, samples),
         "gm_samples_to_gaussian_samples": lambda gm: ops.gm_samples_to_gaussian_samples(gm, samples),
         "gm_to_sample": lambda gm: ops.gm_to_sample(gm, generator=torch.Generator().manual_seed(1)),
@@ -127,3 +128,26 @@ def test_mixed_float_dtypes_are_computed_in_their_promotion(name):
     for a, b in zip(torch.utils._pytree.tree_leaves(call(mixed)), torch.utils._pytree.tree_leaves(call(promoted))):
         assert a.dtype == torch.float64
         torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# The Knothe-Rosenblatt wrappers take an empty pixel grid: empty in, empty out
+
+
+@pytest.mark.parametrize("hw", [(0, 4), (3, 0)])
+@pytest.mark.parametrize("axis_aligned", [True, False])
+@pytest.mark.parametrize("n_axes", [None, 1])
+def test_kr_wrappers_take_an_empty_grid(hw, axis_aligned, n_axes):
+    H, W = hw
+    gen = torch.Generator().manual_seed(0)
+    gm = gmflow.GaussianMixture(torch.randn(2, 3, 2, H, W, generator=gen), torch.full((2, 1, 1, 1, 1), -0.3),
+                                torch.full((2, 3, 1, H, W), -1.0986))
+    g = torch.randn(2, 4, 2, H, W, generator=gen)
+    rotation = ops.gm_kr_rotation(gm, axis_aligned)
+    assert rotation.shape == ((2, 1, 1, 2, 2) if axis_aligned else (2, H, W, 2, 2))
+    if axis_aligned:  # no pixel to average over: the identity, as the reference
+        torch.testing.assert_close(rotation, torch.eye(2).expand(2, 1, 1, 2, 2))
+        torch.testing.assert_close(rotation, gmflow.reference.transport.gm_kr_rotation(gm, True))
+    x = ops.gaussian_samples_to_gm_samples(gm, g, n_axes=n_axes, axis_aligned=axis_aligned)
+    z = ops.gm_samples_to_gaussian_samples(gm, g, n_axes=n_axes, axis_aligned=axis_aligned)
+    assert x.shape == z.shape == g.shape and x.dtype == z.dtype == g.dtype

@@ -20,12 +20,7 @@ Functions here take and return the containers of :mod:`gmflow.types`.
 
 from __future__ import annotations
 
-from ._ops.density import gm_logprob, gm_to_iso_gaussian, gm_to_mean
-from ._ops.gm1d_inverse_cdf import gm1d_inverse_cdf
-from ._ops.kr import gaussian_samples_to_gm_samples, gm_kr_rotation, gm_samples_to_gaussian_samples
-from ._ops.mul_iso_gaussian import gm_mul_iso_gaussian
-from ._ops.posterior_mean import gm_posterior_mean
-from ._ops.sample import gm_spectral_sample, gm_to_model_output, gm_to_sample
+from . import _ops
 from ._validation import GMFlowInputError
 
 # Reference-only ops, re-exported with the same API as the native ones.
@@ -57,36 +52,22 @@ from .reference.flow import (
 from .reference.gm1d import gm1d_moments, gm1d_pdf_cdf
 from .reference.transport import gm_kr_slice, gm_spectral_logprobs, hartley2
 
-NATIVE_OPS = (
-    "gm_logprob",
-    "gm_to_mean",
-    "gm_to_iso_gaussian",
-    "gm_mul_iso_gaussian",
-    "gm_posterior_mean",
-    "gm1d_inverse_cdf",
-    "gaussian_samples_to_gm_samples",
-    "gm_samples_to_gaussian_samples",
-    "gm_to_sample",
-    "gm_spectral_sample",
-    "gm_to_model_output",
-)
+#: The wrappers defined next to a native op in :mod:`gmflow._ops` (each module's ``__all__``), re-exported here.
+NATIVE_OPS = tuple(name for module in _ops.MODULES for name in module.__all__)
+globals().update({name: getattr(module, name) for module in _ops.MODULES for name in module.__all__})
 
 __all__ = [
     "GMFlowInputError",
     "NATIVE_OPS",
-    # native kernels
-    "gm_logprob",
-    "gm_to_mean",
-    "gm_to_iso_gaussian",
+    *NATIVE_OPS,
+    # reference-only
     # §1 algebra
     "psd_inverse",
     "gm_to_gaussian",
-    "gm_mul_iso_gaussian",
     "iso_gaussian_mul_iso_gaussian",
     "gaussian_mul_gaussian",
     "gm_mul_gaussian",
     "gm_mul_gm",
-    "gm_to_sample",
     "iso_gaussian_logprob",
     "gm_cov_logprob",
     "gm_kl_div",
@@ -96,11 +77,7 @@ __all__ = [
     # §2 1-D mixtures
     "gm1d_pdf_cdf",
     "gm1d_moments",
-    "gm1d_inverse_cdf",
     # §3 Knothe-Rosenblatt transport
-    "gm_kr_rotation",
-    "gm_samples_to_gaussian_samples",
-    "gaussian_samples_to_gm_samples",
     "gm_kr_slice",
     "hartley2",
     "gm_spectral_logprobs",
@@ -113,9 +90,6 @@ __all__ = [
     "reverse_transition_coefficients",
     "reverse_transition",
     "denoising_gm_convert_to_mean",
-    "gm_posterior_mean",
     "inverse_hartley2",
     "spectral_gaussian_field",
-    "gm_spectral_sample",
-    "gm_to_model_output",
 ]

@@ -15,6 +15,9 @@ from gmflow.types import GaussianMixture, GaussianMixtureCov, IsoGaussian
 from .support import names_nan_inputs, same_dtype
 from .sample_data import gm_tensors
 
+#: The typed wrappers this module adds to :mod:`gmflow.ops`.
+__all__ = ["gm_logprob", "gm_to_mean", "gm_to_iso_gaussian"]
+
 # ------------------------------------------------------------------------------------------------
 # gm_logprob
 

@@ -20,6 +20,9 @@ from gmflow.types import GaussianMixture1D
 from .sample_data import gm_tensors
 from .support import names_nan_inputs
 
+#: The typed wrappers this module adds to :mod:`gmflow.ops`.
+__all__ = ["gm1d_inverse_cdf"]
+
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 

@@ -21,6 +21,9 @@ from gmflow.types import GaussianMixture, GaussianMixture1D
 from .sample_data import gm_tensors
 from .support import names_nan_inputs, needs_grad, same_dtype
 
+#: The typed wrappers this module adds to :mod:`gmflow.ops`.
+__all__ = ["gm_kr_rotation", "gaussian_samples_to_gm_samples", "gm_samples_to_gaussian_samples"]
+
 _SQRT_2 = math.sqrt(2.0)
 
 inverse_op = define(
@@ -178,6 +181,8 @@ def _kr_rotation(gm: GaussianMixture, axis_aligned: bool, work: torch.dtype) -> 
     """:func:`gmflow.reference.transport.gm_kr_rotation` of a GM with a shared std, computing the
     (pixel-averaged) moment-matched covariance with one contraction over (K, H, W) instead of a
     ``(..., K, H, W, C, C)`` intermediate."""
+    if axis_aligned and gm.means.shape[-2:].numel() == 0:  # no pixel to average over: the reference's identity
+        return transport.gm_kr_rotation(gm, axis_aligned).to(work)
     with torch.no_grad():
         means, logstds, logweights = (t.detach().to(work) for t in gm)
         w = logweights.exp()  # (..., K, 1, H, W), as the reference: no renormalisation
@@ -198,8 +203,8 @@ def _kr_rotation(gm: GaussianMixture, axis_aligned: bool, work: torch.dtype) -> 
 def gm_kr_rotation(gm: GaussianMixture, axis_aligned: bool = True) -> Tensor:
     """Eigenvectors of the moment-matched covariance, columns by descending eigenvalue (spec §3.1).
 
-    ``axis_aligned=True``: one rotation ``(..., 1, 1, C, C)`` from the covariance averaged over pixels;
-    ``False``: one per pixel ``(..., H, W, C, C)``. Working dtype (fp32, fp64 for fp64 inputs), no grad;
+    ``axis_aligned=True``: one rotation ``(..., 1, 1, C, C)`` from the covariance averaged over pixels
+    (the identity for an empty grid); ``False``: one per pixel ``(..., H, W, C, C)``. Working dtype (fp32, fp64 for fp64 inputs), no grad;
     each eigenvector's largest-magnitude entry is positive. Same as
     :func:`gmflow.reference.transport.gm_kr_rotation`.
     """

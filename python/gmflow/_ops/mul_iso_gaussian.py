@@ -18,6 +18,9 @@ from gmflow.types import GaussianMixture, IsoGaussian
 from .sample_data import gm_tensors
 from .support import broadcast_view, names_nan_inputs, needs_grad, same_dtype
 
+#: The typed wrappers this module adds to :mod:`gmflow.ops`.
+__all__ = ["gm_mul_iso_gaussian"]
+
 op = define(
     "gm_mul_iso_gaussian(Tensor means, Tensor logstds, Tensor logweights, Tensor gaussian_mean, "
     "Tensor gaussian_var, float gm_power=1.0, float gaussian_power=1.0, float eps=1e-06) -> (Tensor, Tensor, Tensor)"

@@ -18,6 +18,9 @@ from gmflow.types import GaussianMixture
 from .sample_data import acc_full, gm_tensors
 from .support import names_nan_inputs, needs_grad, same_dtype
 
+#: The typed wrappers this module adds to :mod:`gmflow.ops`.
+__all__ = ["gm_posterior_mean"]
+
 op = define(
     "gm_posterior_mean(Tensor means, Tensor logstds, Tensor logweights, Tensor x_src, Tensor x_tgt, "
     "Tensor sigma_src, Tensor sigma_tgt, float eps=1e-06) -> Tensor"

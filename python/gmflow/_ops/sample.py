@@ -22,6 +22,9 @@ from .kr import gaussian_samples_to_gm_samples
 from .sample_data import gm_tensors
 from .support import names_nan_inputs, needs_grad, same_dtype
 
+#: The typed wrappers this module adds to :mod:`gmflow.ops`.
+__all__ = ["gm_to_sample", "gm_spectral_sample", "gm_to_model_output"]
+
 op = define(
     "gm_sample(Tensor means, Tensor logstds, Tensor logweights, Tensor uniforms, Tensor normals, "
     "float gm_power=1.0, bool cov_sharpen=False) -> Tensor"

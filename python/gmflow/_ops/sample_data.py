@@ -11,6 +11,8 @@ from torch import Tensor
 from gmflow.reference.common import acc_dtype
 from gmflow.types import GaussianMixture
 
+__all__: list[str] = []  # no gmflow.ops wrappers here
+
 # (batch, K, C, H, W, N, dtype, per-component-and-pixel logstds)
 _CASES = (
     ((2,), 3, 2, 3, 4, 2, torch.float64, False),

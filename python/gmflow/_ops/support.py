@@ -13,6 +13,8 @@ from gmflow import config
 from gmflow._validation import GMFlowInputError
 from gmflow.types import GaussianMixture, GaussianMixture1D, GaussianMixtureCov
 
+__all__: list[str] = []  # no gmflow.ops wrappers here
+
 
 def needs_grad(*tensors) -> bool:
     """Whether autograd would record a call on ``tensors`` (then the differentiable reference runs)."""

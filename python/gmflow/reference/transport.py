@@ -42,8 +42,8 @@ def gm_kr_rotation(gm: GaussianMixture, axis_aligned: bool = True) -> Tensor:
     """Eigenvectors of the moment-matched covariance, columns by descending eigenvalue.
 
     ``axis_aligned=True``: covariance averaged over H, W -> ``(..., 1, 1, C, C)`` (one rotation
-    shared by all pixels); ``False``: one per pixel, ``(..., H, W, C, C)``. Computed without
-    grad in the working dtype (fp32, or fp64 for fp64 inputs).
+    shared by all pixels; the identity for an empty grid); ``False``: one per pixel, ``(..., H, W, C, C)``.
+    Computed without grad in the working dtype (fp32, or fp64 for fp64 inputs).
 
     Upstream difference: each eigenvector's sign is fixed (largest-magnitude entry positive),
     which removes the sign ambiguity of ``eigh`` across devices/batches.
@@ -54,6 +54,8 @@ def gm_kr_rotation(gm: GaussianMixture, axis_aligned: bool = True) -> Tensor:
         cov = gm_to_gaussian(gm_w)[0].cov
         if axis_aligned:
             cov = cov.mean(dim=(-4, -3), keepdim=True)
+            if gm.means.shape[-2:].numel() == 0:  # no pixel to average over: no preferred axes
+                return torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand(cov.shape).clone()
         return rotation_from_covariance(cov)
 
 
