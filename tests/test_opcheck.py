@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.library import opcheck
 
+from gmflow.reference.common import acc_dtype
 from strategies import GmCase
 
 CASES = {
@@ -54,7 +55,7 @@ SAMPLING_CASES = ["shared_std", "strided_fp64"]
 
 
 def _acc(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return acc_dtype(t.dtype)
 
 
 def _posterior_args(means, logstds, logweights, samples):

@@ -19,6 +19,7 @@ from gmflow._ops import kr as kr_op
 from gmflow._ops import mul_iso_gaussian as mul_op
 from gmflow._ops import posterior_mean as posterior_op
 from gmflow._ops import sample as sample_op
+from gmflow.reference.common import acc_dtype
 from strategies import GmCase, gm_cases, tolerances, with_layout
 
 
@@ -36,7 +37,7 @@ def _close(actual, expected, dtype, scale=None, factor=1.0):
 
 
 def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return acc_dtype(dtype)
 
 
 def _extra(case: GmCase, name: str, tail, seed: int, low=None, high=None, kind="normal"):

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .reference.common import acc_dtype  # the accumulation-dtype rule, in one place
+
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MEANS_LAYOUT = "(..., K, C, H, W)"
 
@@ -154,11 +156,6 @@ def check_output_mask(op: str, output_mask: Sequence[bool], n: int) -> None:
 # Sampling-path ops (gm_mul_iso_gaussian, gm_posterior_mean, gm1d_inverse_cdf, KR transport, gm_sample)
 
 GM1D_MEANS_LAYOUT = "(..., K, H, W)"
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulation dtype of the kernels: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_acc_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
