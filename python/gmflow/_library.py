@@ -116,3 +116,8 @@ def check_complete() -> None:
 def empty_like_means(like: torch.Tensor, shape) -> torch.Tensor:
     """An uninitialised output of ``shape`` with the dtype and device of ``like`` (fake kernels)."""
     return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def empty_grads(means: torch.Tensor, inputs, output_mask) -> tuple[torch.Tensor, ...]:
+    """Fake outputs of a ``*_backward`` op: a gradient shaped like each input, empty where not requested."""
+    return tuple(empty_like_means(means, x.shape if m else (0,)) for x, m in zip(inputs, output_mask))

@@ -330,3 +330,11 @@ def sample_shape(op, means, logstds, logweights, uniforms, normals):
     batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
                                  ("uniforms", uniforms, 4), ("normals", normals, 4)])
     return batch + [N, C, H, W]
+
+
+def check_backward_args(op: str, output_mask: Sequence[bool], n_inputs: int, names: Sequence[str],
+                        tensors: Sequence[Tensor], means: Tensor, out_shape: list[int]) -> None:
+    """The extra arguments of a ``*_backward`` op: an output mask per differentiable input, and the
+    incoming gradient and the saved forward output (``names``/``tensors``) in the forward's output shape."""
+    check_output_mask(op, output_mask, n_inputs)
+    check_grad_like(op, names, tensors, means, out_shape)

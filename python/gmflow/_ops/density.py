@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_like_means
+from gmflow._library import SampleInput, define, empty_grads, empty_like_means
 from gmflow.reference import density as ref
 from gmflow.reference.common import result_dtype
 from gmflow.types import GaussianMixture, GaussianMixtureCov, IsoGaussian
@@ -60,8 +60,7 @@ def _logprob_inputs(device):
 def _logprob_backward_checks(grad, means, logstds, logweights, samples, logprob, output_mask):
     op = "gm_logprob_backward"
     out_shape = V.logprob_shapes(op, means, logstds, logweights, samples)
-    V.check_output_mask(op, output_mask, 4)
-    V.check_grad_like(op, ("grad", "logprob"), (grad, logprob), means, out_shape)
+    V.check_backward_args(op, output_mask, 4, ("grad", "logprob"), (grad, logprob), means, out_shape)
 
 
 @logprob_backward.register_fallback
@@ -74,8 +73,7 @@ def _logprob_backward_fallback(grad, means, logstds, logweights, samples, logpro
 @logprob_backward.register_fake
 def _logprob_backward_fake(grad, means, logstds, logweights, samples, logprob, output_mask):
     _logprob_backward_checks(grad, means, logstds, logweights, samples, logprob, output_mask)
-    inputs = (means, logstds, logweights, samples)
-    return tuple(empty_like_means(means, x.shape if m else (0,)) for x, m in zip(inputs, output_mask))
+    return empty_grads(means, (means, logstds, logweights, samples), output_mask)
 
 
 @logprob_backward.register_sample_inputs
@@ -148,8 +146,7 @@ def _to_mean_inputs(device):
 def _to_mean_backward_checks(grad, means, logweights, mean, output_mask):
     op = "gm_to_mean_backward"
     out_shape = _to_mean_shape(op, means, logweights)
-    V.check_output_mask(op, output_mask, 2)
-    V.check_grad_like(op, ("grad", "mean"), (grad, mean), means, out_shape)
+    V.check_backward_args(op, output_mask, 2, ("grad", "mean"), (grad, mean), means, out_shape)
 
 
 @to_mean_backward.register_fallback
@@ -162,7 +159,7 @@ def _to_mean_backward_fallback(grad, means, logweights, mean, power, output_mask
 @to_mean_backward.register_fake
 def _to_mean_backward_fake(grad, means, logweights, mean, power, output_mask):
     _to_mean_backward_checks(grad, means, logweights, mean, output_mask)
-    return tuple(empty_like_means(means, x.shape if m else (0,)) for x, m in zip((means, logweights), output_mask))
+    return empty_grads(means, (means, logweights), output_mask)
 
 
 @to_mean_backward.register_sample_inputs

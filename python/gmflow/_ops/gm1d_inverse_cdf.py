@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_like_means
+from gmflow._library import SampleInput, define, empty_grads, empty_like_means
 from gmflow.reference import gm1d as ref_gm1d
 from gmflow.reference.common import acc_dtype, result_dtype, sum_to_shape
 from gmflow.types import GaussianMixture1D
@@ -129,8 +129,7 @@ def _inputs(device):
 def _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask):
     name = "gm1d_inverse_cdf_backward"
     shape = V.inverse_cdf_shape(name, means, logstds, logweights, scaled_cdfs)
-    V.check_output_mask(name, output_mask, 4)
-    V.check_grad_like(name, ("grad", "samples"), (grad, samples), means, shape)
+    V.check_backward_args(name, output_mask, 4, ("grad", "samples"), (grad, samples), means, shape)
 
 
 @backward_op.register_fallback
@@ -143,8 +142,7 @@ def _backward_fallback(grad, means, logstds, logweights, scaled_cdfs, samples, e
 @backward_op.register_fake
 def _backward_fake(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
     _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask)
-    inputs = (means, logstds, logweights, scaled_cdfs)
-    return tuple(empty_like_means(means, x.shape if m else (0,)) for x, m in zip(inputs, output_mask))
+    return empty_grads(means, (means, logstds, logweights, scaled_cdfs), output_mask)
 
 
 @backward_op.register_sample_inputs

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_like_means
+from gmflow._library import SampleInput, define, empty_grads, empty_like_means
 from gmflow.reference import flow
 from gmflow.reference.common import acc_dtype, check_channels, check_gm, sum_to_shape
 from gmflow.types import GaussianMixture
@@ -147,8 +147,7 @@ def _inputs(device):
 def _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, output_mask):
     name = "gm_posterior_mean_backward"
     shape = V.posterior_mean_shape(name, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
-    V.check_output_mask(name, output_mask, 3)
-    V.check_grad_like(name, ("grad", "mean"), (grad, mean), means, shape)
+    V.check_backward_args(name, output_mask, 3, ("grad", "mean"), (grad, mean), means, shape)
 
 
 @backward_op.register_fallback
@@ -162,8 +161,7 @@ def _backward_fallback(grad, means, logstds, logweights, x_src, x_tgt, sigma_src
 @backward_op.register_fake
 def _backward_fake(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask):
     _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, output_mask)
-    return tuple(empty_like_means(means, x.shape if m else (0,)) for x, m in zip((means, logstds, logweights),
-                                                                               output_mask))
+    return empty_grads(means, (means, logstds, logweights), output_mask)
 
 
 @backward_op.register_sample_inputs

@@ -111,13 +111,8 @@ def gm_to_gaussian(gm: GaussianMixture | GaussianMixtureCov, cov_scale: float = 
 # §1.5 – §1.9 products
 
 
-def gm_mul_iso_gaussian(
-    gm: GaussianMixture,
-    gaussian: IsoGaussian,
-    gm_power: float = 1.0,
-    gaussian_power: float = 1.0,
-    eps: float = 1e-6,
-) -> GaussianMixture:
+def gm_mul_iso_gaussian(gm: GaussianMixture, gaussian: IsoGaussian, gm_power: float = 1.0,
+                        gaussian_power: float = 1.0, eps: float = 1e-6) -> GaussianMixture:
     """:func:`gm_mul_iso_gaussian_compact` with a per-pixel std expanded to per-component logstds
     ``(..., K, 1, H, W)`` (:func:`expand_pixel_logstds`)."""
     return expand_pixel_logstds(gm_mul_iso_gaussian_compact(gm, gaussian, gm_power, gaussian_power, eps))
