@@ -65,6 +65,18 @@ def test_gradcheck_registered_op(device, name):
     assert checked, f"{name} has no float64 sample input to gradcheck"
 
 
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_compile_registered_op_matches_eager(device, name):
+    """torch.compile(fullgraph=True) of a call of the op equals the eager call (first sample input)."""
+    op = _library.OPS[name]
+    sample = op.sample_inputs(device)[0]
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *args: op.op()(*args, **sample.kwargs), fullgraph=True)
+    got, expected = compiled(*sample.args), op.op()(*sample.args, **sample.kwargs)
+    for g, e in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(expected)):
+        torch.testing.assert_close(g, e)
+
+
 def test_registry_matches_the_dispatcher():
     for name, op in _library.OPS.items():
         assert op.fallback is not None and op.fake is not None
@@ -120,7 +132,7 @@ def test_wrapper_names_the_nan_input(name, monkeypatch):
         call(gmflow.GaussianMixture(means, gm.logstds, gm.logweights))
 
 
-@pytest.mark.parametrize("name", ["gm_logprob", "gm_to_mean", "gm_to_iso_gaussian"])
+@pytest.mark.parametrize("name", ["gm_logprob", "gm_to_mean", "gm_to_iso_gaussian", "gm_to_model_output"])
 def test_mixed_float_dtypes_are_computed_in_their_promotion(name):
     gm, call = _wrapper_call(name)
     mixed = gmflow.GaussianMixture(gm.means.double(), gm.logstds, gm.logweights)
