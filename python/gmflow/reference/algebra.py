@@ -28,7 +28,6 @@ from .common import (
     gm_batch_shape,
     gm_in_acc_dtype,
 )
-from .density import gm_logprob
 
 __all__ = [
     "gaussian_mul_gaussian",
