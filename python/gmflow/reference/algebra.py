@@ -25,6 +25,7 @@ from .common import (
     acc_dtype,
     check_channels,
     check_gm,
+    check_shared_logstds,
     gm_batch_shape,
     gm_in_acc_dtype,
 )
