@@ -40,8 +40,8 @@ class ValidationHook:
             if not path.exists():
                 raise FileNotFoundError(f"{name} = {path}: not found (validation needs local files; nothing is "
                                         "downloaded)")
-        sde = config.val_method.startswith("gmsde")
-        self.setting = EvalSetting(config.val_method, config.val_nfe, 1 if sde else config.val_substeps,
+        ode = config.val_method in ("gm-ode2", "gm-ode1")
+        self.setting = EvalSetting(config.val_method, config.val_nfe, config.val_substeps if ode else 1,
                                    config.val_guidance)
         self._metrics: InceptionMetrics | None = None
         self._vae = None
