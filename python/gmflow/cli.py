@@ -238,7 +238,7 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
 
     import numpy as np
 
-    from gmflow.flow import GM_SOLVERS, SamplerSpec, parse_solver
+    from gmflow.flow import GM_SOLVERS, SUBSTEP_SOLVERS, SamplerSpec, parse_solver
     from gmflow.pipelines import GMDiTPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -247,7 +247,7 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
     else:
         dtype = getattr(torch, args.dtype)
     solver = parse_solver(args.solver, GM_SOLVERS, "--solver")
-    substeps = args.substeps if args.substeps is not None else (4 if solver in ("gm-ode2", "gm-ode1") else 1)
+    substeps = args.substeps if args.substeps is not None else (4 if solver in SUBSTEP_SOLVERS else 1)
     spec = SamplerSpec(solver, args.steps, substeps, args.guidance, args.orthogonal_guidance)
     pipe = GMDiTPipeline.from_pretrained(args.checkpoint, variant=args.variant, torch_dtype=dtype, device=device)
     pipe.set_progress_bar_config(disable=args.no_progress)

@@ -30,7 +30,7 @@ import torch
 
 from gmflow import distributed as gdist
 
-from gmflow.flow.spec import GM_SOLVERS, parse_solver
+from gmflow.flow.spec import GM_SOLVERS, SUBSTEP_SOLVERS, parse_solver
 
 from .metrics import InceptionMetrics
 from .sampling import EvalSetting, evaluate_setting
@@ -62,7 +62,7 @@ def sweep_settings(solvers: Sequence[str] = ("gm-ode2", "gm-sde2"),
     for nfe, sub in nfe_substeps:
         for solver in solvers:
             for w in guidance:
-                substeps = int(sub) if solver in ("gm-ode2", "gm-ode1") else 1
+                substeps = int(sub) if solver in SUBSTEP_SOLVERS else 1
                 out.append(EvalSetting(solver, int(nfe), substeps, float(w)))
     return out
 

@@ -24,12 +24,13 @@ from .sampling import (
 )
 from .schedule import NUM_TIMESTEPS, TimestepSampler, flow_sigmas, unwarp_shift, warp_shift
 from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler, SchedulerOutput
-from .spec import GM_SOLVERS, SOLVERS, SamplerSpec, parse_solver, upgrade_solver
+from .spec import GM_SOLVERS, SOLVERS, SUBSTEP_SOLVERS, SamplerSpec, parse_solver, upgrade_solver
 
 __all__ = [
     "GM_SOLVERS",
     "NUM_TIMESTEPS",
     "SOLVERS",
+    "SUBSTEP_SOLVERS",
     "FlowEulerODEScheduler",
     "GMFlowSDEScheduler",
     "GMSecondOrderSolver",

@@ -36,10 +36,11 @@ from gmflow.types import GaussianMixture, IsoGaussian
 from .sampling import flow_euler_sample, flow_heun_sample, gm_mean_velocity, gmflow_sample
 from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 
-__all__ = ["GM_SOLVERS", "SOLVERS", "SamplerSpec", "parse_solver", "upgrade_solver"]
+__all__ = ["GM_SOLVERS", "SOLVERS", "SUBSTEP_SOLVERS", "SamplerSpec", "parse_solver", "upgrade_solver"]
 
 GM_SOLVERS = ("gm-ode2", "gm-sde2", "gm-ode1", "gm-sde1")
 SOLVERS = GM_SOLVERS + ("fm-euler", "fm-heun")
+SUBSTEP_SOLVERS = ("gm-ode2", "gm-ode1")  # the solvers that take analytic sub-steps
 
 # retired spellings -> their name now (the evaluation's ``gmode2``, the toy's first-order ``gm-ode``)
 RETIRED_SPELLINGS = {
@@ -105,7 +106,7 @@ class SamplerSpec:
         parse_solver(self.solver)
         _positive_int("nfe", self.nfe)
         _positive_int("substeps", self.substeps)
-        if self.substeps != 1 and self.solver not in ("gm-ode2", "gm-ode1"):
+        if self.substeps != 1 and self.solver not in SUBSTEP_SOLVERS:
             raise GMFlowInputError(f"SamplerSpec: {self.solver} takes no sub-steps ('substeps' must be 1); "
                                    f"got {self.substeps}")
         guidance = _finite("guidance", self.guidance)

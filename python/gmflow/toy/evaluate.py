@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from gmflow.flow.sampling import gm_ode_substeps
-from gmflow.flow.spec import SOLVERS, SamplerSpec, parse_solver
+from gmflow.flow.spec import SOLVERS, SUBSTEP_SOLVERS, SamplerSpec, parse_solver
 
 from .data import Checkerboard
 
@@ -47,8 +47,8 @@ __all__ = [
 def toy_sampler(solver: str, nfe: int, ode_total_substeps: int = 128) -> SamplerSpec:
     """The toy's :class:`SamplerSpec`: GM-ODE takes ``ceil(ode_total_substeps / nfe)`` sub-steps per step."""
     solver = parse_solver(solver)
-    ode = solver in ("gm-ode2", "gm-ode1")
-    return SamplerSpec(solver, nfe, substeps=gm_ode_substeps(nfe, ode_total_substeps) if ode else 1)
+    substeps = gm_ode_substeps(nfe, ode_total_substeps) if solver in SUBSTEP_SOLVERS else 1
+    return SamplerSpec(solver, nfe, substeps=substeps)
 
 
 @torch.no_grad()
