@@ -489,6 +489,12 @@ def gm_samples_to_gaussian_samples(
     return g.to(dtype)
 
 
+def _check_n_samples(op: str, n_samples) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise GMFlowInputError(f"{op}(): 'n_samples' must be a positive integer (the N of the samples' "
+                               f"(..., N, C, H, W) layout); got {n_samples!r}")
+
+
 def gm_to_sample(
     gm: GaussianMixture | GaussianMixtureCov,
     gm_power: float = 1.0,
@@ -504,8 +510,7 @@ def gm_to_sample(
     native ``gm_sample`` kernel. Covs layout, or gradients required: the reference
     (:func:`gmflow.reference.algebra.gm_to_sample`; same law, other random stream).
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    _check_n_samples("gm_to_sample", n_samples)
     if isinstance(gm, GaussianMixtureCov) or _needs_grad(*gm):
         return _ref_algebra.gm_to_sample(gm, gm_power, n_samples, cov_sharpen, generator)
     _ref_algebra._check_gm(gm)
@@ -535,9 +540,14 @@ def gm_sample(
     ``(samples, S)``. Every draw uses ``generator``.
     """
     _ref_algebra._check_gm(gm)
+    _check_n_samples("gm_sample", n_samples)
     if power_spectrum is None:
         return gm_to_sample(gm, n_samples=n_samples, generator=generator), None
     _ref_flow.check_power_spectrum(gm, power_spectrum)
+    if gm.means.shape[-2] * gm.means.shape[-1] == 0:
+        raise GMFlowInputError(f"gm_sample(): spectral sampling needs a non-empty pixel grid (H, W >= 1 in the GM's "
+                               f"(..., K, C, H, W) and the power spectrum's (..., C, H, W)); got means "
+                               f"{list(gm.means.shape)}")
     field, spectral = spectral_gaussian_field(power_spectrum, n_samples, generator)
     samples = gaussian_samples_to_gm_samples(gm, field, axis_aligned=True, generator=generator)
     return samples.to(gm.means.dtype), spectral
