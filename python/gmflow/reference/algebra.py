@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from gmflow._validation import SUPPORTED_DTYPES, GMFlowInputError
 from gmflow.types import Gaussian, GaussianMixture, GaussianMixtureCov, IsoGaussian
 
 from .core import gm_logprob
@@ -63,9 +64,17 @@ def _check_gm(gm, name: str = "gm") -> None:
     if not isinstance(gm, GaussianMixture):
         raise TypeError(f"{name} must be a GaussianMixture, got {type(gm).__name__}")
     means, logstds, logweights = gm
+    for part, t in zip(("means", "logstds", "logweights"), gm):
+        if not isinstance(t, Tensor) or t.dtype not in SUPPORTED_DTYPES:
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise GMFlowInputError(f"{name}.{part} must be a floating tensor (float32, float64, float16 or bfloat16); "
+                                   f"got {got}")
     if means.dim() < 4:
         raise ValueError(f"{name}.means must have shape (..., K, C, H, W), got {tuple(means.shape)}")
     K = means.shape[-4]
+    if K < 1:
+        raise GMFlowInputError(f"{name}.means (..., K, C, H, W) must have at least one component (K >= 1), "
+                               f"got {tuple(means.shape)}")
     if logweights.dim() < 4 or logweights.shape[-4] != K or logweights.shape[-3] != 1:
         raise ValueError(f"{name}.logweights must have shape (..., K={K}, 1, H, W), got {tuple(logweights.shape)}")
     if logstds.dim() < 4 or logstds.shape[-4] not in (1, K) or logstds.shape[-3] != 1:
