@@ -390,3 +390,52 @@ def test_posterior_sigma_other_layouts_rejected():
     call = valid_call("gm_posterior_mean", B=3)
     call["sigma_src"] = torch.ones(2, 1, 1, 1, dtype=torch.float32)  # batch (2,): does not broadcast with (3,)
     assert_same("gm_posterior_mean", call, expect_error="sigma_src")
+
+
+# ------------------------------------------------------------------------------------------------
+# The typed wrappers inherit the checks: no complex, integer or bool tensor is converted silently
+
+
+@pytest.mark.parametrize("bad", [torch.complex64, torch.int64, torch.bool])
+def test_wrappers_refuse_non_float_tensors(bad):
+    from gmflow import ops
+    from gmflow.types import GaussianMixture, GaussianMixture1D, IsoGaussian
+
+    K, C, H, W = 2, 3, 2, 2
+    gm = GaussianMixture(torch.randn(K, C, H, W), torch.zeros(1, 1, 1, 1), torch.zeros(K, 1, H, W).log_softmax(0))
+    x = torch.ones(C, H, W).to(bad)
+    gm1d = GaussianMixture1D(torch.zeros(2, H, W), torch.zeros(1, 1, 1), torch.zeros(2, H, W))
+    calls = {
+        "gaussian.mean": lambda: ops.gm_mul_iso_gaussian(gm, IsoGaussian(x, torch.ones(1, 1, 1))),
+        "gaussian.var": lambda: ops.gm_mul_iso_gaussian(gm, IsoGaussian(x.float(), torch.ones(1, 1, 1).to(bad))),
+        "x_t": lambda: ops.gm_posterior_mean(gm, x, torch.randn(C, H, W), sigma_t=torch.tensor(0.5),
+                                             sigma_t_src=torch.tensor(0.8)),
+        "scaled_cdfs": lambda: ops.gm1d_inverse_cdf(gm1d, x[:1]),
+        "gaussian_samples": lambda: ops.gaussian_samples_to_gm_samples(gm, x[None]),
+        "samples": lambda: ops.gm_samples_to_gaussian_samples(gm, x[None]),
+        "gm.means": lambda: ops.gm_to_gaussian(GaussianMixture(x[None].expand(K, C, H, W), gm.logstds, gm.logweights)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match=re.escape(f"{name} must be a floating tensor")):
+            call()
+
+
+def test_kr_rotation_of_non_finite_gm_names_it():
+    from gmflow import ops
+    from gmflow.types import GaussianMixture
+
+    gm = GaussianMixture(torch.full((2, 3, 2, 2), math.nan), torch.zeros(1, 1, 1, 1), torch.zeros(2, 1, 2, 2))
+    with pytest.raises(GMFlowInputError, match=r"gm_kr_rotation\(\): the moment-matched covariance .* of 'gm'"):
+        ops.gm_kr_rotation(gm)
+    with pytest.raises(GMFlowInputError, match="at least one component"):
+        ops.gm_kr_rotation(GaussianMixture(torch.zeros(0, 3, 2, 2), gm.logstds, torch.zeros(0, 1, 2, 2)))
+
+
+def test_inverse_cdf_wrapper_pixel_mismatch_names_the_argument():
+    from gmflow import ops
+    from gmflow.types import GaussianMixture1D
+
+    gm1d = GaussianMixture1D(torch.zeros(2, 2, 3), torch.zeros(1, 1, 1), torch.zeros(2, 2, 3))
+    with pytest.raises(GMFlowInputError, match=r"gm1d_inverse_cdf\(\): .* of 'scaled_cdfs' \(\.\.\., N, H, W\) must "
+                                               r"broadcast with the GM's"):
+        ops.gm1d_inverse_cdf(gm1d, torch.zeros(1, 6, 1))

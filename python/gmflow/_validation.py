@@ -43,6 +43,14 @@ def _shape(t: Tensor) -> list[int]:
     return list(t.shape)
 
 
+def check_floating(name: str, t) -> None:
+    """For the typed wrappers (no op prefix): ``t`` is a float tensor; complex, integer and bool are refused
+    (they would lose their imaginary part or give integer results)."""
+    if not isinstance(t, Tensor) or t.dtype not in SUPPORTED_DTYPES:
+        got = t.dtype if isinstance(t, Tensor) else _type_name(t)
+        raise GMFlowInputError(f"{name} must be a floating tensor (float32, float64, float16 or bfloat16); got {got}")
+
+
 def check_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     if not isinstance(t, Tensor):
         fail(op, f"'{name}' must be a tensor; got {_type_name(t)}")

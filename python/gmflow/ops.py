@@ -335,6 +335,7 @@ def gm1d_inverse_cdf(
     no unrolling). Same semantics as :func:`gmflow.reference.gm1d.gm1d_inverse_cdf`.
     """
     _ref_gm1d._check_gm1d(gm1d)
+    _ref_gm1d._check_broadcast("gm1d_inverse_cdf", gm1d, scaled_cdfs, gaussian_samples)
     n_steps = _validation.check_steps("gm1d_inverse_cdf", n_steps)
     means, logstds, logweights = gm1d
     tensors = [means, logstds, logweights, scaled_cdfs] + ([gaussian_samples] if gaussian_samples is not None else [])

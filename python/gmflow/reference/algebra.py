@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from gmflow._validation import SUPPORTED_DTYPES, GMFlowInputError
+from gmflow._validation import GMFlowInputError, check_floating
 from gmflow.types import Gaussian, GaussianMixture, GaussianMixtureCov, IsoGaussian
 
 from .core import gm_logprob
@@ -65,10 +65,7 @@ def _check_gm(gm, name: str = "gm") -> None:
         raise TypeError(f"{name} must be a GaussianMixture, got {type(gm).__name__}")
     means, logstds, logweights = gm
     for part, t in zip(("means", "logstds", "logweights"), gm):
-        if not isinstance(t, Tensor) or t.dtype not in SUPPORTED_DTYPES:
-            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-            raise GMFlowInputError(f"{name}.{part} must be a floating tensor (float32, float64, float16 or bfloat16); "
-                                   f"got {got}")
+        check_floating(f"{name}.{part}", t)
     if means.dim() < 4:
         raise ValueError(f"{name}.means must have shape (..., K, C, H, W), got {tuple(means.shape)}")
     K = means.shape[-4]
@@ -84,7 +81,8 @@ def _check_gm(gm, name: str = "gm") -> None:
 
 
 def _check_channels(x: Tensor, C: int, name: str) -> None:
-    """``x (..., C, H, W)`` must have the GM's channel count at dim -3."""
+    """``x (..., C, H, W)`` must be a float tensor with the GM's channel count at dim -3."""
+    check_floating(name, x)
     if x.dim() < 3 or x.shape[-3] != C:
         raise ValueError(f"{name} must have shape (..., C={C}, H, W), got {tuple(x.shape)}")
 
@@ -196,6 +194,7 @@ def gm_mul_iso_gaussian(
     """
     _check_gm(gm)
     _check_channels(gaussian.mean, gm.means.shape[-3], "gaussian.mean")
+    check_floating("gaussian.var", gaussian.var)
     if gm_power == 0:
         raise ValueError("gm_power must be non-zero")
     dtype = gm.means.dtype

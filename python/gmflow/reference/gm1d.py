@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from gmflow._validation import GMFlowInputError, check_steps
+from gmflow._validation import GMFlowInputError, check_floating, check_steps
 from gmflow.types import GaussianMixture1D
 
 from .algebra import _result_dtype, _work_dtype
@@ -28,6 +28,8 @@ _SQRT_2 = math.sqrt(2.0)
 def _check_gm1d(gm1d) -> None:
     if not isinstance(gm1d, GaussianMixture1D):
         raise TypeError(f"gm1d must be a GaussianMixture1D, got {type(gm1d).__name__}")
+    for part, t in zip(("means", "logstds", "logweights"), gm1d):
+        check_floating(f"gm1d.{part}", t)
     means, logstds, logweights = gm1d
     if means.dim() < 3 or logweights.dim() < 3 or logweights.shape[-3] != means.shape[-3]:
         raise ValueError(
@@ -43,6 +45,9 @@ def _check_broadcast(op: str, gm1d, scaled_cdfs: Tensor, gaussian_samples: Tenso
     named = {"gm1d.means": gm1d.means, "gm1d.logweights": gm1d.logweights, "scaled_cdfs": scaled_cdfs}
     if gaussian_samples is not None:
         named["gaussian_samples"] = gaussian_samples
+    check_floating("scaled_cdfs", scaled_cdfs)
+    if gaussian_samples is not None:
+        check_floating("gaussian_samples", gaussian_samples)
     if scaled_cdfs.dim() < 3:
         raise GMFlowInputError(f"{op}(): 'scaled_cdfs' must have layout (..., N, H, W); got {list(scaled_cdfs.shape)}")
     try:

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from gmflow._validation import GMFlowInputError
+from gmflow._validation import GMFlowInputError, check_floating
 from gmflow.types import GaussianMixture, GaussianMixture1D
 
 from .algebra import (
@@ -102,6 +102,7 @@ def _resolve_n_axes(n_axes, C):
 
 
 def _check_samples(samples, C, name):
+    check_floating(name, samples)
     if samples.dim() < 4 or samples.shape[-3] != C:
         raise ValueError(f"{name} must have shape (..., N, C={C}, H, W), got {tuple(samples.shape)}")
 
