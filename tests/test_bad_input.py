@@ -414,7 +414,8 @@ def test_wrappers_refuse_non_float_tensors(bad):
     gm1d = GaussianMixture1D(torch.zeros(2, H, W), torch.zeros(1, 1, 1), torch.zeros(2, H, W))
     calls = {
         "gaussian.mean": lambda: ops.gm_mul_iso_gaussian(gm, IsoGaussian(x, torch.ones(1, 1, 1))),
-        "gaussian.var": lambda: ops.gm_mul_iso_gaussian(gm, IsoGaussian(torch.ones(C, H, W), torch.ones(1, 1, 1).to(bad))),
+        "gaussian.var": lambda: ops.gm_mul_iso_gaussian(gm, IsoGaussian(torch.ones(C, H, W),
+                                                                        torch.ones(1, 1, 1).to(bad))),
         "x_t": lambda: ops.gm_posterior_mean(gm, x, torch.randn(C, H, W), sigma_t=torch.tensor(0.5),
                                              sigma_t_src=torch.tensor(0.8)),
         "scaled_cdfs": lambda: ops.gm1d_inverse_cdf(gm1d, x[:1]),
