@@ -106,20 +106,21 @@ to_mean_backward = define(
 )
 
 
-def _to_mean_shape(op, means, logweights):
+def _to_mean_shape(op, means, logweights, power):
     batch, (K, C, H, W) = V.pixel_op_batch(op, means, None, logweights)
+    V.check_scalar(op, "power", power, V.FINITE)
     return batch + [C, H, W]
 
 
 @to_mean.register_fallback
 def _to_mean_fallback(means, logweights, power=1.0):
-    _to_mean_shape("gm_to_mean", means, logweights)
+    _to_mean_shape("gm_to_mean", means, logweights, power)
     return ref.gm_to_mean(means, logweights, power).contiguous()
 
 
 @to_mean.register_fake
 def _to_mean_fake(means, logweights, power=1.0):
-    return empty_like_means(means, _to_mean_shape("gm_to_mean", means, logweights))
+    return empty_like_means(means, _to_mean_shape("gm_to_mean", means, logweights, power))
 
 
 def _to_mean_setup_context(ctx, inputs, output):
@@ -143,22 +144,24 @@ def _to_mean_inputs(device):
         yield SampleInput((gm.means, gm.logweights), {"power": 2.0}, grad_argnums=(0, 1))
 
 
-def _to_mean_backward_checks(grad, means, logweights, mean, output_mask):
+def _to_mean_backward_checks(grad, means, logweights, mean, power, output_mask):
     op = "gm_to_mean_backward"
-    out_shape = _to_mean_shape(op, means, logweights)
-    V.check_backward_args(op, output_mask, 2, ("grad", "mean"), (grad, mean), means, out_shape)
+    batch, (K, C, H, W) = V.pixel_op_batch(op, means, None, logweights)
+    V.check_output_mask(op, output_mask, 2)  # the native order: mask, power, then the gradients
+    V.check_scalar(op, "power", power, V.FINITE)
+    V.check_grad_like(op, ("grad", "mean"), (grad, mean), means, batch + [C, H, W])
 
 
 @to_mean_backward.register_fallback
 def _to_mean_backward_fallback(grad, means, logweights, mean, power, output_mask):
-    _to_mean_backward_checks(grad, means, logweights, mean, output_mask)
+    _to_mean_backward_checks(grad, means, logweights, mean, power, output_mask)
     grads = ref.gm_to_mean_backward(grad, means, logweights, mean, power, output_mask)
     return tuple(g.contiguous() for g in grads)
 
 
 @to_mean_backward.register_fake
 def _to_mean_backward_fake(grad, means, logweights, mean, power, output_mask):
-    _to_mean_backward_checks(grad, means, logweights, mean, output_mask)
+    _to_mean_backward_checks(grad, means, logweights, mean, power, output_mask)
     return empty_grads(means, (means, logweights), output_mask)
 
 

@@ -77,23 +77,23 @@ def reference_backward(grad, means, logstds, logweights, scaled_cdfs, samples, e
     return tuple(out)
 
 
-def _shape(name, means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps):
+def _shape(name, means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps, eps, max_step_size):
     shape = V.inverse_cdf_shape(name, means, logstds, logweights, scaled_cdfs, gaussian_samples)
-    V.check_steps(name, n_steps)
+    V.check_newton_scalars(name, n_steps, eps, max_step_size)
     return shape
 
 
 @op.register_fallback
 def _fallback(means, logstds, logweights, scaled_cdfs, gaussian_samples=None, n_steps=8, eps=1e-6,
               max_step_size=1.5):
-    _shape("gm1d_inverse_cdf", means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps)
+    _shape("gm1d_inverse_cdf", means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps, eps, max_step_size)
     return reference(means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps, eps, max_step_size)
 
 
 @op.register_fake
 def _fake(means, logstds, logweights, scaled_cdfs, gaussian_samples=None, n_steps=8, eps=1e-6, max_step_size=1.5):
     return empty_like_means(means, _shape("gm1d_inverse_cdf", means, logstds, logweights, scaled_cdfs,
-                                          gaussian_samples, n_steps))
+                                          gaussian_samples, n_steps, eps, max_step_size))
 
 
 def _setup_context(ctx, inputs, output):
@@ -126,22 +126,23 @@ def _inputs(device):
         yield SampleInput((*args, samples[..., 0, :, :]), {"n_steps": 3, "eps": 1e-5, "max_step_size": 1.0})
 
 
-def _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask):
+def _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
     name = "gm1d_inverse_cdf_backward"
     shape = V.inverse_cdf_shape(name, means, logstds, logweights, scaled_cdfs)
     V.check_backward_args(name, output_mask, 4, ("grad", "samples"), (grad, samples), means, shape)
+    V.check_scalar(name, "eps", eps, V.FINITE_POSITIVE)
 
 
 @backward_op.register_fallback
 def _backward_fallback(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
-    _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask)
+    _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask)
     grads = reference_backward(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask)
     return tuple(g.contiguous() for g in grads)
 
 
 @backward_op.register_fake
 def _backward_fake(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
-    _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask)
+    _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask)
     return empty_grads(means, (means, logstds, logweights, scaled_cdfs), output_mask)
 
 
@@ -171,8 +172,8 @@ def gm1d_inverse_cdf(
     no unrolling). Same semantics as :func:`gmflow.reference.gm1d.gm1d_inverse_cdf`.
     """
     ref_gm1d.check_gm1d(gm1d)
-    if n_steps < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    ref_gm1d.check_broadcast("gm1d_inverse_cdf", gm1d, scaled_cdfs, gaussian_samples)
+    n_steps = V.check_steps("gm1d_inverse_cdf", n_steps)
     means, logstds, logweights = gm1d
     tensors = [means, logstds, logweights, scaled_cdfs] + ([gaussian_samples] if gaussian_samples is not None else [])
     common = result_dtype(*tensors)  # mixed dtypes: computed in their promotion
@@ -186,5 +187,5 @@ def gm1d_inverse_cdf(
         if tensors[i].shape[-2:] != (H, W):
             tensors[i] = tensors[i].expand(*tensors[i].shape[:-2], H, W)
     g = tensors[4] if gaussian_samples is not None else None
-    x = torch.ops.gmflow.gm1d_inverse_cdf(*tensors[:4], g, int(n_steps), float(eps), float(max_step_size))
+    x = torch.ops.gmflow.gm1d_inverse_cdf(*tensors[:4], g, n_steps, float(eps), float(max_step_size))
     return x.to(result_dtype(means, scaled_cdfs))

@@ -124,7 +124,7 @@ def reference_forward(means, logstds, logweights, samples, rotation, n_axes=None
 def _inverse_fallback(means, logstds, logweights, gaussian_samples, rotation, uniforms=None, n_axes=None, n_steps=16,
                       eps=1e-6, max_step_size=1.5):
     V.kr_inverse_shape("gm_kr_inverse", means, logstds, logweights, gaussian_samples, rotation, uniforms, n_axes,
-                       n_steps)
+                       n_steps, eps, max_step_size)
     return reference_inverse(means, logstds, logweights, gaussian_samples, rotation, uniforms, n_axes, n_steps, eps,
                              max_step_size)
 
@@ -133,7 +133,7 @@ def _inverse_fallback(means, logstds, logweights, gaussian_samples, rotation, un
 def _inverse_fake(means, logstds, logweights, gaussian_samples, rotation, uniforms=None, n_axes=None, n_steps=16,
                   eps=1e-6, max_step_size=1.5):
     return empty_like_means(means, V.kr_inverse_shape("gm_kr_inverse", means, logstds, logweights, gaussian_samples,
-                                                      rotation, uniforms, n_axes, n_steps))
+                                                      rotation, uniforms, n_axes, n_steps, eps, max_step_size))
 
 
 def _rotation_and_uniforms(gm, samples):
@@ -155,14 +155,14 @@ def _inverse_inputs(device):
 
 @forward_op.register_fallback
 def _forward_fallback(means, logstds, logweights, samples, rotation, n_axes=None, eps=1e-6):
-    V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation, n_axes)
+    V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation, n_axes, eps)
     return reference_forward(means, logstds, logweights, samples, rotation, n_axes, eps)
 
 
 @forward_op.register_fake
 def _forward_fake(means, logstds, logweights, samples, rotation, n_axes=None, eps=1e-6):
     return empty_like_means(means, V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation,
-                                                      n_axes))
+                                                      n_axes, eps))
 
 
 @forward_op.register_sample_inputs
@@ -263,12 +263,11 @@ def gaussian_samples_to_gm_samples(
     :func:`gmflow.reference.transport.gaussian_samples_to_gm_samples`.
     """
     setup = _kr_setup(gm, gaussian_samples, "gaussian_samples", n_axes, axis_aligned, rotation)
+    n_steps = V.check_steps("gaussian_samples_to_gm_samples", n_steps)
     if setup is None:
         return transport.gaussian_samples_to_gm_samples(
             gm, gaussian_samples, n_axes, n_steps, eps, max_step_size, axis_aligned, rotation, generator
         )
-    if n_steps < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
     gm_d, g, V_, A, dtype, work = setup
     C = gm.means.shape[-3]
     if not axis_aligned:
@@ -278,7 +277,7 @@ def gaussian_samples_to_gm_samples(
         rest = torch.randn(*g.shape[:-3], C - A, *g.shape[-2:], generator=generator, dtype=work, device=g.device)
         g = torch.cat([g[..., :A, :, :], rest.to(g.dtype)], dim=-3)
         uniforms = torch.rand(*g.shape[:-3], 1, *g.shape[-2:], generator=generator, dtype=work, device=g.device)
-    x = torch.ops.gmflow.gm_kr_inverse(*gm_d, g, V_, uniforms, A, int(n_steps), float(eps), float(max_step_size))
+    x = torch.ops.gmflow.gm_kr_inverse(*gm_d, g, V_, uniforms, A, n_steps, float(eps), float(max_step_size))
     return x.to(dtype)
 
 

@@ -37,23 +37,24 @@ def reference(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power=
     return tuple(t.expand(*batch, *t.shape[-4:]).to(means.dtype).contiguous() for t in out)
 
 
-def _shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power):
+def _shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power, gaussian_power, eps):
     name = "gm_mul_iso_gaussian"
     shapes = V.mul_iso_gaussian_shapes(name, means, logstds, logweights, gaussian_mean, gaussian_var)
-    if gm_power == 0:
-        V.fail(name, "'gm_power' must be non-zero")
+    V.check_scalar(name, "gm_power", gm_power, V.FINITE_NONZERO)
+    V.check_scalar(name, "gaussian_power", gaussian_power, V.FINITE)
+    V.check_scalar(name, "eps", eps, V.FINITE_POSITIVE)
     return shapes
 
 
 @op.register_fallback
 def _fallback(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power=1.0, gaussian_power=1.0, eps=1e-6):
-    _shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power)
+    _shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power, gaussian_power, eps)
     return reference(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power, gaussian_power, eps)
 
 
 @op.register_fake
 def _fake(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power=1.0, gaussian_power=1.0, eps=1e-6):
-    shapes = _shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power)
+    shapes = _shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power, gaussian_power, eps)
     return tuple(empty_like_means(means, s) for s in shapes)
 
 

@@ -101,17 +101,23 @@ def reference_backward(grad, means, logstds, logweights, x_src, x_tgt, sigma_src
     return g_means, g_logstds, g_logweights
 
 
+def _shape(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps):
+    name = "gm_posterior_mean"
+    shape = V.posterior_mean_shape(name, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
+    V.check_scalar(name, "eps", eps, V.FINITE_POSITIVE)
+    return shape
+
+
 @op.register_fallback
 def _fallback(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps=1e-6):
-    V.posterior_mean_shape("gm_posterior_mean", means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
-    return reference(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps)
+    _shape(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps)
+    return reference(means, logstds, logweights, x_src, x_tgt, V.batch_only_sigma(sigma_src),
+                     V.batch_only_sigma(sigma_tgt), eps)
 
 
 @op.register_fake
 def _fake(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps=1e-6):
-    shape = V.posterior_mean_shape("gm_posterior_mean", means, logstds, logweights, x_src, x_tgt, sigma_src,
-                                   sigma_tgt)
-    return empty_like_means(means, shape)
+    return empty_like_means(means, _shape(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps))
 
 
 def _setup_context(ctx, inputs, output):
@@ -144,23 +150,24 @@ def _inputs(device):
         yield SampleInput(_args(gm, samples), grad_argnums=(0, 1, 2))
 
 
-def _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, output_mask):
+def _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask):
     name = "gm_posterior_mean_backward"
     shape = V.posterior_mean_shape(name, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
     V.check_backward_args(name, output_mask, 3, ("grad", "mean"), (grad, mean), means, shape)
+    V.check_scalar(name, "eps", eps, V.FINITE_POSITIVE)
 
 
 @backward_op.register_fallback
 def _backward_fallback(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask):
-    _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, output_mask)
-    grads = reference_backward(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps,
-                               output_mask)
+    _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask)
+    grads = reference_backward(grad, means, logstds, logweights, x_src, x_tgt, V.batch_only_sigma(sigma_src),
+                               V.batch_only_sigma(sigma_tgt), mean, eps, output_mask)
     return tuple(g.contiguous() for g in grads)
 
 
 @backward_op.register_fake
 def _backward_fake(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask):
-    _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, output_mask)
+    _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask)
     return empty_grads(means, (means, logstds, logweights), output_mask)
 
 

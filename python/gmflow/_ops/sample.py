@@ -65,13 +65,14 @@ def reference(means, logstds, logweights, uniforms, normals, gm_power=1.0, cov_s
 
 @op.register_fallback
 def _fallback(means, logstds, logweights, uniforms, normals, gm_power=1.0, cov_sharpen=False):
-    V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals)
+    V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals, gm_power, cov_sharpen)
     return reference(means, logstds, logweights, uniforms, normals, gm_power, cov_sharpen)
 
 
 @op.register_fake
 def _fake(means, logstds, logweights, uniforms, normals, gm_power=1.0, cov_sharpen=False):
-    return empty_like_means(means, V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals))
+    return empty_like_means(means, V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals,
+                                                  gm_power, cov_sharpen))
 
 
 @op.register_sample_inputs
@@ -82,6 +83,12 @@ def _inputs(device):
         u = torch.rand(*samples.shape[:-3], 1, *samples.shape[-2:], generator=g, dtype=acc).to(device)
         yield SampleInput((*gm, u, samples.to(acc), 2.0, True))
         yield SampleInput((*gm, u, samples.to(acc)))
+
+
+def _check_n_samples(op: str, n_samples) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise V.GMFlowInputError(f"{op}(): 'n_samples' must be a positive integer (the N of the samples' "
+                                 f"(..., N, C, H, W) layout); got {n_samples!r}")
 
 
 @names_nan_inputs
@@ -100,8 +107,7 @@ def gm_to_sample(
     native ``gm_sample`` kernel. Covs layout, or gradients required: the reference
     (:func:`gmflow.reference.algebra.gm_to_sample`; same law, other random stream).
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    _check_n_samples("gm_to_sample", n_samples)
     if isinstance(gm, GaussianMixtureCov) or needs_grad(*gm):
         return algebra.gm_to_sample(gm, gm_power, n_samples, cov_sharpen, generator)
     check_gm(gm)
@@ -133,9 +139,14 @@ def gm_spectral_sample(
     ``(samples, S)``. Every draw uses ``generator``.
     """
     check_gm(gm)
+    _check_n_samples("gm_spectral_sample", n_samples)
     if power_spectrum is None:
         return gm_to_sample(gm, n_samples=n_samples, generator=generator), None
     flow.check_power_spectrum(gm, power_spectrum)
+    if gm.means.shape[-2] * gm.means.shape[-1] == 0:
+        raise V.GMFlowInputError(
+            f"gm_spectral_sample(): spectral sampling needs a non-empty pixel grid (H, W >= 1 in the GM's "
+            f"(..., K, C, H, W) and the power spectrum's (..., C, H, W)); got means {list(gm.means.shape)}")
     field, spectral = flow.spectral_gaussian_field(power_spectrum, n_samples, generator)
     samples = gaussian_samples_to_gm_samples(gm, field, axis_aligned=True, generator=generator)
     return samples.to(gm.means.dtype), spectral

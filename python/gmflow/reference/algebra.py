@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from gmflow._validation import check_floating
 from gmflow.types import Gaussian, GaussianMixture, GaussianMixtureCov, IsoGaussian
 
 from .common import (
@@ -143,6 +144,7 @@ def gm_mul_iso_gaussian_compact(
     """
     check_gm(gm)
     check_channels(gaussian.mean, gm.means.shape[-3], "gaussian.mean")
+    check_floating("gaussian.var", gaussian.var)
     if gm_power == 0:
         raise ValueError("gm_power must be non-zero")
     dtype = gm.means.dtype

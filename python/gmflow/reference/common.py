@@ -1,5 +1,6 @@
 """Shared core of the reference: the dtype rules, layout checks and helpers every reference module
-(and :mod:`gmflow.ops`) uses. Imports nothing from the rest of gmflow but the containers."""
+(and :mod:`gmflow.ops`) uses. Imports nothing from the rest of gmflow but the containers and the
+input checks (:mod:`gmflow._validation`, below the containers)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import torch
 from torch import Tensor
 
+from gmflow._validation import GMFlowInputError, acc_dtype, check_floating
 from gmflow.types import GaussianMixture
 
 __all__ = [
@@ -26,13 +28,6 @@ __all__ = [
 LOG_2PI = math.log(2 * math.pi)
 
 
-def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """The accumulation dtype: float64 if any input is float64, else float32 (16-bit inputs are
-    computed in float32 and cast back). The one place this rule lives, for the reference, the
-    wrappers and the op schemas (sigmas, rotations and random numbers come in this dtype)."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
 def result_dtype(*tensors: Tensor) -> torch.dtype:
     """The type promotion of the tensors' dtypes (the dtype of a mixed-dtype call's result)."""
     dtype = tensors[0].dtype
@@ -46,9 +41,14 @@ def check_gm(gm, name: str = "gm") -> None:
     if not isinstance(gm, GaussianMixture):
         raise TypeError(f"{name} must be a GaussianMixture, got {type(gm).__name__}")
     means, logstds, logweights = gm
+    for part, t in zip(("means", "logstds", "logweights"), gm):
+        check_floating(f"{name}.{part}", t)
     if means.dim() < 4:
         raise ValueError(f"{name}.means must have shape (..., K, C, H, W), got {tuple(means.shape)}")
     K = means.shape[-4]
+    if K < 1:
+        raise GMFlowInputError(f"{name}.means (..., K, C, H, W) must have at least one component (K >= 1), "
+                               f"got {tuple(means.shape)}")
     if logweights.dim() < 4 or logweights.shape[-4] != K or logweights.shape[-3] != 1:
         raise ValueError(f"{name}.logweights must have shape (..., K={K}, 1, H, W), got {tuple(logweights.shape)}")
     if logstds.dim() < 4 or logstds.shape[-4] not in (1, K) or logstds.shape[-3] != 1:
@@ -58,7 +58,8 @@ def check_gm(gm, name: str = "gm") -> None:
 
 
 def check_channels(x: Tensor, C: int, name: str) -> None:
-    """``x (..., C, H, W)`` must have the GM's channel count at dim -3."""
+    """``x (..., C, H, W)`` must be a float tensor with the GM's channel count at dim -3."""
+    check_floating(name, x)
     if x.dim() < 3 or x.shape[-3] != C:
         raise ValueError(f"{name} must have shape (..., C={C}, H, W), got {tuple(x.shape)}")
 
