@@ -10,14 +10,10 @@ import gmflow
 
 ROOT = Path(gmflow.__file__).parent
 
-# Known cases in layers another change reworks (evaluation/train, _native, train/objective); the lead
-# empties this list after merging it. Entries: (importing module, imported module[, name]).
-KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
-    ("gmflow._native", "gmflow"),  # reads the package's path through the package
-}
-KNOWN_LAYER_EDGES: set[tuple[str, str]] = {
-    ("gmflow.evaluation", "gmflow.train"),  # sweep.py loads the trainer's checkpoints (train imports evaluation)
-}
+# Known exceptions, each with its reason (none at present). Entries: (importing module, imported
+# module[, name]).
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
+KNOWN_LAYER_EDGES: set[tuple[str, str]] = set()
 KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
 
 
