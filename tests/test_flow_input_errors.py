@@ -75,6 +75,22 @@ def test_spectral_sampling_on_an_empty_grid():
         gmflow_sample(model, torch.zeros(2, 4, 0, 0), 2, output_mode="sample", spectrum_net=lambda g: g.mean)
 
 
+def test_ops_name_a_missing_variance_and_an_empty_spectral_grid():
+    layout = r"mean \(\.\.\., C, H, W\), var \(\.\.\., 1, H, W\) or \(\.\.\., 1, 1, 1\); got NoneType"
+    no_var = IsoGaussian(torch.zeros(2, 4, 4, 4), None)
+    with pytest.raises(GMFlowInputError, match=rf"gm_mul_iso_gaussian\(\): 'gaussian.var' must be a tensor of the "
+                                               rf"layout {layout}"):
+        ops.gm_mul_iso_gaussian(_gm(), no_var)
+    with pytest.raises(GMFlowInputError, match=rf"u_to_x_0\(\): 'out.var' must be a tensor of the layout {layout}"):
+        ops.u_to_x_0(no_var, torch.zeros(2, 4, 4, 4), 500.0)
+    for shape in ((2, 4, 0, 4), (2, 4, 4, 0)):
+        with pytest.raises(GMFlowInputError, match=r"spectral_gaussian_field\(\): 'log_power_spectrum' "
+                                                   r"\(\.\.\., C, H, W\) needs a non-empty pixel grid"):
+            ops.spectral_gaussian_field(torch.zeros(shape))
+    g, spectral = ops.spectral_gaussian_field(torch.zeros(0, 4, 4, 4), n_samples=2)  # an empty batch is no error
+    assert g.shape == spectral.shape == (0, 2, 4, 4, 4)
+
+
 # -- the policy: flow, models, pipeline ----------------------------------------------------------------------
 @pytest.mark.parametrize("call, match", [
     (lambda: gmflow_sample(lambda x, t: None, None, 2), "noise must be a tensor"),

@@ -13,7 +13,7 @@ from gmflow import _validation as V
 from gmflow._library import SampleInput, define, empty_like_means
 from gmflow.reference import algebra
 from gmflow.reference.common import check_channels, check_gm
-from gmflow.types import GaussianMixture, IsoGaussian
+from gmflow.types import GaussianMixture, IsoGaussian, check_iso_gaussian
 
 from .sample_data import gm_tensors
 from .support import broadcast_view, names_nan_inputs, needs_grad, same_dtype
@@ -83,6 +83,7 @@ def gm_mul_iso_gaussian(
     pixel (native kernel); same semantics as :func:`gmflow.reference.algebra.gm_mul_iso_gaussian`.
     """
     check_gm(gm)
+    check_iso_gaussian("gm_mul_iso_gaussian()", "gaussian", gaussian)
     check_channels(gaussian.mean, gm.means.shape[-3], "gaussian.mean")
     if gm_power == 0:
         raise ValueError("gm_power must be non-zero")

@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from gmflow.types import GaussianMixture, IsoGaussian
+from gmflow._validation import GMFlowInputError
+from gmflow.types import GaussianMixture, IsoGaussian, check_iso_gaussian
 
 from .algebra import gm_to_sample
 from .common import acc_dtype, check_channels, check_gm, gm_in_acc_dtype, result_dtype
@@ -133,6 +134,7 @@ def u_to_x_0(
         logstds = gm.logstds + torch.log(torch.clamp_min(s, eps))
         return GaussianMixture(means.to(dtype), logstds.to(dtype), out.logweights)
     if isinstance(out, IsoGaussian):
+        check_iso_gaussian("u_to_x_0()", "out", out)
         dtype = out.mean.dtype
         work = acc_dtype(dtype, out.var.dtype, x_t.dtype)
         s = sigma_from_time(t, sigma, x_t, work, num_timesteps)
@@ -407,7 +409,10 @@ def spectral_gaussian_field(
     """
     if log_power_spectrum.dim() < 3:
         raise ValueError(f"log_power_spectrum must have shape (..., C, H, W), got {tuple(log_power_spectrum.shape)}")
-    W = log_power_spectrum.shape[-1]
+    H, W = log_power_spectrum.shape[-2:]
+    if H * W == 0:
+        raise GMFlowInputError(f"spectral_gaussian_field(): 'log_power_spectrum' (..., C, H, W) needs a non-empty "
+                               f"pixel grid (H, W >= 1); got {list(log_power_spectrum.shape)}")
     if W % 2:
         raise ValueError(f"log_power_spectrum width W must be even for spectral sampling, got W={W}")
     if n_samples < 1:
@@ -416,6 +421,8 @@ def spectral_gaussian_field(
     shape = (*log_power.shape[:-4], n_samples, *log_power.shape[-3:])
     noise = torch.randn(shape, generator=generator, dtype=log_power.dtype, device=log_power.device)
     spectral = noise * torch.exp(0.5 * log_power)
+    if spectral.numel() == 0:  # an empty batch or no channel: nothing to transform (the FFT refuses it)
+        return spectral.clone(), spectral
     return inverse_hartley2(spectral), spectral
 
 
