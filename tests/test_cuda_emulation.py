@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from conftest import NATIVE_CPU
 from gmflow import testing
-from strategies import GmCase, gm_cases, tolerances, with_layout
+from strategies import DTYPES, GmCase, gm_cases, tolerances, with_layout
 
 try:
     EMU = testing.load_cuda_emulation()
@@ -192,42 +192,48 @@ def _u_space(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class OpSpec:
     build: Callable
-    cases: st.SearchStrategy
+    case_options: dict = field(default_factory=dict)  # gm_cases options besides the dtype
     factor: float = 1.0  # tolerance factor of the op's CPU-vs-reference suite
     float_view: Callable | None = None  # compare fp32/16-bit outputs through this map
+    dtypes: tuple = tuple(DTYPES)
 
 
-_GM1D_CASES = gm_cases(dtypes=[torch.float64, torch.float32, torch.bfloat16], logstd_layouts=("shared",))
+_SHARED = {"logstd_layouts": ("shared",)}
 OPS: dict[str, OpSpec] = {
-    "gm_logprob": OpSpec(_logprob, gm_cases()),
-    "gm_logprob_backward": OpSpec(_logprob_backward, gm_cases()),
-    "gm_to_mean": OpSpec(_to_mean, gm_cases()),
-    "gm_to_mean_backward": OpSpec(_to_mean_backward, gm_cases()),
-    "gm_to_iso_gaussian": OpSpec(_iso, gm_cases()),
-    "gm_mul_iso_gaussian": OpSpec(_mul_iso, gm_cases(), factor=4.0),
-    "gm_posterior_mean": OpSpec(_posterior, gm_cases(max_k=33), factor=4.0),
-    "gm_posterior_mean_backward": OpSpec(_posterior_backward, gm_cases(max_k=33), factor=8.0),
+    "gm_logprob": OpSpec(_logprob),
+    "gm_logprob_backward": OpSpec(_logprob_backward),
+    "gm_to_mean": OpSpec(_to_mean),
+    "gm_to_mean_backward": OpSpec(_to_mean_backward),
+    "gm_to_iso_gaussian": OpSpec(_iso),
+    "gm_mul_iso_gaussian": OpSpec(_mul_iso, factor=4.0),
+    "gm_posterior_mean": OpSpec(_posterior, {"max_k": 33}, factor=4.0),
+    "gm_posterior_mean_backward": OpSpec(_posterior_backward, {"max_k": 33}, factor=8.0),
     # Unconverged float Newton steps divide erf rounding differences by the pdf: the float
     # suites compare converged (or zero-step) solves, as the reference suite does.
-    "gm1d_inverse_cdf": OpSpec(_gm1d, _GM1D_CASES, factor=5.0),
-    "gm1d_inverse_cdf_backward": OpSpec(_gm1d_backward, gm_cases(dtypes=[torch.float64, torch.float32],
-                                                                 logstd_layouts=("shared",)), factor=10.0),
-    "gm_kr_inverse": OpSpec(_kr_inverse, gm_cases(max_k=16, logstd_layouts=("shared",)), factor=10.0),
-    "gm_kr_forward": OpSpec(_kr_forward, gm_cases(max_k=16, logstd_layouts=("shared",)), factor=2.0,
-                            float_view=_u_space),
-    "gm_sample": OpSpec(_sample, gm_cases()),
+    "gm1d_inverse_cdf": OpSpec(_gm1d, _SHARED, factor=5.0,
+                               dtypes=(torch.float64, torch.float32, torch.bfloat16)),
+    "gm1d_inverse_cdf_backward": OpSpec(_gm1d_backward, _SHARED, factor=10.0, dtypes=(torch.float64, torch.float32)),
+    "gm_kr_inverse": OpSpec(_kr_inverse, {"max_k": 16, **_SHARED}, factor=10.0),
+    "gm_kr_forward": OpSpec(_kr_forward, {"max_k": 16, **_SHARED}, factor=2.0, float_view=_u_space),
+    "gm_sample": OpSpec(_sample),
 }
+PARITY = [(op, dtype) for op, spec in OPS.items() for dtype in spec.dtypes]
+
+
+# Float Newton solves are compared at convergence (0 steps, or enough steps for both): an fp32
+# trajectory through a flat stretch of the CDF depends on the last bits of each cdf evaluation,
+# so the two kernels may reach the same root a few steps apart (found: K=16, C=3 KR inverse at
+# 16 steps, emulated CUDA 0.014 off the fp64 root, CPU converged; both within 0.004 at 32+).
+FLOAT_NEWTON_STEPS = 64
 
 
 def _float_converged(op: str, args: tuple, dtype) -> tuple:
-    """Float solves compared at 0 or 16 Newton steps (see OPS)."""
     if dtype == torch.float64:
         return args
     args = list(args)
-    if op == "gm1d_inverse_cdf" and args[5] not in (0, 16):
-        args[5] = 16
-    if op == "gm_kr_inverse" and args[7] not in (0, 16):
-        args[7] = 16
+    step_index = {"gm1d_inverse_cdf": 5, "gm_kr_inverse": 7}.get(op)
+    if step_index is not None and args[step_index] != 0:
+        args[step_index] = FLOAT_NEWTON_STEPS
     return tuple(args)
 
 
@@ -274,12 +280,12 @@ def test_schemas_are_those_of_gmflow():
 
 @requires_emulation
 @pytest.mark.parametrize("grid", list(GRIDS))
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op,dtype", PARITY, ids=[f"{op}-{str(d).removeprefix('torch.')}" for op, d in PARITY])
 @given(data=st.data())
-@settings(max_examples=25)
-def test_emulated_cuda_matches_cpu_kernels(op, grid, data):
+@settings(max_examples=12)
+def test_emulated_cuda_matches_cpu_kernels(op, dtype, grid, data):
     spec = OPS[op]
-    case = data.draw(spec.cases, label="case")
+    case = data.draw(gm_cases(dtypes=[dtype], **spec.case_options), label="case")
     args = _float_converged(op, spec.build(case, data), case.dtype)
     expected = _as_tuple(getattr(torch.ops.gmflow, op)(*args))
     with testing.cuda_emulation_grid(*GRIDS[grid]):
