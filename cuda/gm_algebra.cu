@@ -245,16 +245,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const GmSampleParams<T
     }
     A total = A(0);
     for (int64_t k = 0; k < K; ++k) total += fast_exp(power * A(load_acc(lw + k * gm.logweights_sk)) - max_value);
-    const A target = prm.uniforms[off[3] + n * prm.uniforms_sn + p] * total;
-    int64_t chosen = -1, last = 0;
-    A cum = A(0);
-    for (int64_t k = 0; k < K; ++k) {
-      const A e = fast_exp(power * A(load_acc(lw + k * gm.logweights_sk)) - max_value);
-      cum += e;
-      if (chosen < 0 && target < cum) chosen = k;
-      if (e > A(0)) last = k;
-    }
-    if (chosen < 0) chosen = last;
+    CategoricalDraw<A> draw;
+    draw.target = prm.uniforms[off[3] + n * prm.uniforms_sn + p] * total;
+    for (int64_t k = 0; k < K; ++k) draw.push(k, fast_exp(power * A(load_acc(lw + k * gm.logweights_sk)) - max_value));
+    const int64_t chosen = draw.result();
     const int64_t ks = gm.logstds_k == 1 ? 0 : chosen * gm.logstds_sk;
     const A std_dev = fast_exp(A(load_acc(gm.logstds + off[kLogstds] + p * gm.logstds_sp + ks))) * std_scale;
     const T* mu = gm.means + off[kMeans] + p + chosen * gm.means_sk;

@@ -327,20 +327,18 @@ __global__ void __launch_bounds__(kThreads) kr_inverse_kernel(const GmKrParams<T
         cond.inv_sum = A(1) / sum;
       }
       if (a == axes) {  // axes >= n_axes: ancestral draw from the GM conditioned on the solved axes
-        const A u = prm.uniforms[off[5] + n * prm.uniforms_sn + p];
-        A total = A(0), cum = A(0), mu_k, logit, w;
+        A total = A(0), mu_k, logit, w;
         for (int64_t k = 0; k < K; ++k) {
           cond.component(k, mu_k, logit, w);
           total += w;
         }
-        int64_t chosen = -1, last = 0;
+        CategoricalDraw<A> draw;
+        draw.target = prm.uniforms[off[5] + n * prm.uniforms_sn + p] * total;
         for (int64_t k = 0; k < K; ++k) {
           cond.component(k, mu_k, logit, w);
-          cum += w;
-          if (chosen < 0 && u * total < cum) chosen = k;
-          if (w > A(0)) last = k;
+          draw.push(k, w);
         }
-        if (chosen < 0) chosen = last;
+        const int64_t chosen = draw.result();
         for (int64_t c = axes; c < C; ++c)
           ws.xt(c) = ws.mut(c)[chosen * items] + s.std_dev * A(load_acc(it.x + c * prm.samples_sc));
         break;

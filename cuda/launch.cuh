@@ -1,7 +1,11 @@
 // Launch helpers shared by the .cu files (torch-free).
 #pragma once
 
+#if defined(GMFLOW_CUDA_EMULATION)
+#include "cuda_emulation.cuh"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 
@@ -26,10 +30,16 @@ inline const char* launch_status() {
 }
 
 // Launches kernel(prm) with one thread per item (grid-stride loop) on `stream`; the error
-// string of the launch, or null.
+// string of the launch, or null. The one launch point of every kernel: emulated, it runs the
+// whole grid on the calling CPU thread.
 template <typename Params, typename Kernel>
 const char* launch_grid(const Params& prm, int64_t items, Kernel kernel, void* stream) {
+#if defined(GMFLOW_CUDA_EMULATION)
+  (void)stream;
+  cuda_emulation::launch(grid_for(items), dim3(kThreads), kThreads, [&] { kernel(prm); });
+#else
   kernel<<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(prm);
+#endif
   return launch_status();
 }
 

@@ -61,3 +61,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# GMFLOW_TEST_KERNELS=cuda-emulation: every torch.ops.gmflow op on CPU tensors runs the host
+# emulation of the CUDA kernels (gmflow.testing), so the parity, gradcheck and oracle suites
+# check the CUDA kernels; GMFLOW_CUDA_EMU_GRID picks the emulated grid.
+if os.environ.get("GMFLOW_TEST_KERNELS", "") == "cuda-emulation":
+    from gmflow import testing as _testing
+
+    _CUDA_EMULATION_ROUTE = _testing.route_cpu_kernels_to_cuda_emulation()

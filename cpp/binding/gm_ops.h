@@ -84,6 +84,32 @@ struct GmTensors {
 
 inline Tensor empty_grad(const Tensor& like) { return new_empty(like, Shape{0}); }
 
+// The shared tail of the backward ops. Input gradient i (where mask[i]) is allocated at
+// grad_shapes[i] (the broadcast batch), the kernel runs unless `empty`, with
+// make_params(tag, grad, out, grad_ptrs) filling its params (grad_ptrs[i] null where !mask[i]),
+// and each gradient is summed to input_shapes[i]; unmasked ones are empty tensors.
+template <class Backend, size_t N, class MakeParams>
+std::array<Tensor, N> run_backward(const Tensor& like, const std::vector<bool>& mask,
+                                   const std::array<Shape, N>& grad_shapes, const std::array<Shape, N>& input_shapes,
+                                   bool empty, const Tensor& grad, const Tensor& out, MakeParams make_params) {
+  std::array<Tensor, N> grads;
+  for (size_t i = 0; i < N; ++i) grads[i] = mask[i] ? new_empty(like, grad_shapes[i]) : empty_grad(like);
+  if (!empty) {
+    const Tensor grad_c = torch::stable::contiguous(grad);
+    const Tensor out_c = torch::stable::contiguous(out);
+    const typename Backend::Scope scope(like);
+    dispatch_float(like, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      std::array<T*, N> grad_ptrs;
+      for (size_t i = 0; i < N; ++i) grad_ptrs[i] = mask[i] ? mptr<T>(grads[i]) : nullptr;
+      Backend::launch(make_params(tag, cptr<T>(grad_c), cptr<T>(out_c), grad_ptrs), scope);
+    });
+  }  // else: no element, and sum_to_shape of the empty gradients gives zeros
+  for (size_t i = 0; i < N; ++i)
+    if (mask[i]) grads[i] = sum_to_shape(grads[i], input_shapes[i]);
+  return grads;
+}
+
 // ---------------------------------------------------------------------------------------------
 // gm_logprob
 
@@ -169,32 +195,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gm_logprob_backward(Tensor grad, Tens
                                                  to_float32(logweights), to_float32(samples), to_float32(logprob),
                                                  output_mask),
                     means.scalar_type());
-  Tensor g_means = output_mask[0] ? new_empty(means, concat(batch, {d.K, d.C, d.H, d.W})) : empty_grad(means);
-  Tensor g_logstds = output_mask[1] ? new_empty(means, concat(batch, {Kl, 1, d.H, d.W})) : empty_grad(means);
-  Tensor g_logweights = output_mask[2] ? new_empty(means, concat(batch, {d.K, 1, d.H, d.W})) : empty_grad(means);
-  Tensor g_samples = output_mask[3] ? new_empty(means, concat(batch, {plan.N, d.C, d.H, d.W})) : empty_grad(means);
-  if (product(batch) * d.H * d.W > 0) {
-    const Tensor grad_c = torch::stable::contiguous(grad);
-    const Tensor logprob_c = torch::stable::contiguous(logprob);
-    const typename Backend::Scope scope(means);
-    dispatch_float(means, [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      GmLogprobBackwardParams<T> p;
-      p.fwd = plan.template params<T>();
-      p.grad = cptr<T>(grad_c);
-      p.logprob = cptr<T>(logprob_c);
-      p.grad_means = output_mask[0] ? mptr<T>(g_means) : nullptr;
-      p.grad_logstds = output_mask[1] ? mptr<T>(g_logstds) : nullptr;
-      p.grad_logweights = output_mask[2] ? mptr<T>(g_logweights) : nullptr;
-      p.grad_samples = output_mask[3] ? mptr<T>(g_samples) : nullptr;
-      Backend::launch(p, scope);
-    });
-  }
-  if (output_mask[0]) g_means = sum_to_shape(g_means, shape_of(means));
-  if (output_mask[1]) g_logstds = sum_to_shape(g_logstds, shape_of(logstds));
-  if (output_mask[2]) g_logweights = sum_to_shape(g_logweights, shape_of(logweights));
-  if (output_mask[3]) g_samples = sum_to_shape(g_samples, shape_of(samples));
-  return {g_means, g_logstds, g_logweights, g_samples};
+  const auto g = run_backward<Backend, 4>(
+      means, output_mask,
+      {concat(batch, {d.K, d.C, d.H, d.W}), concat(batch, {Kl, 1, d.H, d.W}), concat(batch, {d.K, 1, d.H, d.W}),
+       concat(batch, {plan.N, d.C, d.H, d.W})},
+      {shape_of(means), shape_of(logstds), shape_of(logweights), shape_of(samples)}, product(batch) * d.H * d.W == 0,
+      grad, logprob, [&](auto tag, auto grad_p, auto logprob_p, const auto& out) {
+        using T = typename decltype(tag)::type;
+        GmLogprobBackwardParams<T> p;
+        p.fwd = plan.template params<T>();
+        p.grad = grad_p;
+        p.logprob = logprob_p;
+        p.grad_means = out[0];
+        p.grad_logstds = out[1];
+        p.grad_logweights = out[2];
+        p.grad_samples = out[3];
+        return p;
+      });
+  return {g[0], g[1], g[2], g[3]};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,28 +287,21 @@ std::tuple<Tensor, Tensor> gm_to_mean_backward(Tensor grad, Tensor means, Tensor
     return to_dtype(gm_to_mean_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logweights),
                                                  to_float32(mean), power, output_mask),
                     means.scalar_type());
-  Tensor g_means = output_mask[0] ? new_empty(means, concat(plan.batch, {d.K, d.C, d.H, d.W})) : empty_grad(means);
-  Tensor g_logweights =
-      output_mask[1] ? new_empty(means, concat(plan.batch, {d.K, 1, d.H, d.W})) : empty_grad(means);
-  if (!plan.empty()) {
-    const Tensor grad_c = torch::stable::contiguous(grad);
-    const Tensor mean_c = torch::stable::contiguous(mean);
-    const typename Backend::Scope scope(means);
-    dispatch_float(means, [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      GmToMeanBackwardParams<T> p;
-      plan.fill<T>(op, p.fwd);
-      p.fwd.power = power;
-      p.grad = cptr<T>(grad_c);
-      p.mean = cptr<T>(mean_c);
-      p.grad_means = output_mask[0] ? mptr<T>(g_means) : nullptr;
-      p.grad_logweights = output_mask[1] ? mptr<T>(g_logweights) : nullptr;
-      Backend::launch(p, scope);
-    });
-  }
-  if (output_mask[0]) g_means = sum_to_shape(g_means, shape_of(means));
-  if (output_mask[1]) g_logweights = sum_to_shape(g_logweights, shape_of(logweights));
-  return {g_means, g_logweights};
+  const auto g = run_backward<Backend, 2>(
+      means, output_mask, {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {d.K, 1, d.H, d.W})},
+      {shape_of(means), shape_of(logweights)}, plan.empty(), grad, mean,
+      [&](auto tag, auto grad_p, auto mean_p, const auto& out) {
+        using T = typename decltype(tag)::type;
+        GmToMeanBackwardParams<T> p;
+        plan.fill<T>(op, p.fwd);
+        p.fwd.power = power;
+        p.grad = grad_p;
+        p.mean = mean_p;
+        p.grad_means = out[0];
+        p.grad_logweights = out[1];
+        return p;
+      });
+  return {g[0], g[1]};
 }
 
 template <class Backend>

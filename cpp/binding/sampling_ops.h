@@ -238,30 +238,23 @@ std::tuple<Tensor, Tensor, Tensor> gm_posterior_mean_backward(Tensor grad, Tenso
                                                         to_float32(x_tgt), sigma_src, sigma_tgt, to_float32(mean),
                                                         eps, output_mask),
                     means.scalar_type());
-  Tensor g_means = output_mask[0] ? new_empty(means, concat(plan.batch, {d.K, d.C, d.H, d.W})) : empty_grad(means);
-  Tensor g_logstds = output_mask[1] ? new_empty(means, concat(plan.batch, {Kl, 1, d.H, d.W})) : empty_grad(means);
-  Tensor g_logweights =
-      output_mask[2] ? new_empty(means, concat(plan.batch, {d.K, 1, d.H, d.W})) : empty_grad(means);
-  if (!plan.empty()) {
-    const Tensor grad_c = torch::stable::contiguous(grad);
-    const Tensor mean_c = torch::stable::contiguous(mean);
-    const typename Backend::Scope scope(means);
-    dispatch_float(means, [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      GmPosteriorMeanBackwardParams<T> p;
-      p.fwd = plan.template params<T>(op, eps);
-      p.grad = cptr<T>(grad_c);
-      p.mean = cptr<T>(mean_c);
-      p.grad_means = output_mask[0] ? mptr<T>(g_means) : nullptr;
-      p.grad_logstds = output_mask[1] ? mptr<T>(g_logstds) : nullptr;
-      p.grad_logweights = output_mask[2] ? mptr<T>(g_logweights) : nullptr;
-      Backend::launch(p, scope);
-    });
-  }  // else: no element, and sum_to_shape of the empty gradients gives zeros
-  if (output_mask[0]) g_means = sum_to_shape(g_means, shape_of(means));
-  if (output_mask[1]) g_logstds = sum_to_shape(g_logstds, shape_of(logstds));
-  if (output_mask[2]) g_logweights = sum_to_shape(g_logweights, shape_of(logweights));
-  return {g_means, g_logstds, g_logweights};
+  const auto g = run_backward<Backend, 3>(
+      means, output_mask,
+      {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {Kl, 1, d.H, d.W}),
+       concat(plan.batch, {d.K, 1, d.H, d.W})},
+      {shape_of(means), shape_of(logstds), shape_of(logweights)}, plan.empty(), grad, mean,
+      [&](auto tag, auto grad_p, auto mean_p, const auto& out) {
+        using T = typename decltype(tag)::type;
+        GmPosteriorMeanBackwardParams<T> p;
+        p.fwd = plan.template params<T>(op, eps);
+        p.grad = grad_p;
+        p.mean = mean_p;
+        p.grad_means = out[0];
+        p.grad_logstds = out[1];
+        p.grad_logweights = out[2];
+        return p;
+      });
+  return {g[0], g[1], g[2]};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,33 +383,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gm1d_inverse_cdf_backward(Tensor grad
                                                        to_float32(logweights), to_float32(scaled_cdfs),
                                                        to_float32(samples), eps, output_mask),
                     means.scalar_type());
-  Tensor g_means = output_mask[0] ? new_empty(means, concat(batch, {d.K, d.H, d.W})) : empty_grad(means);
-  Tensor g_logstds = output_mask[1] ? new_empty(means, concat(batch, {1, d.H, d.W})) : empty_grad(means);
-  Tensor g_logweights = output_mask[2] ? new_empty(means, concat(batch, {d.K, d.H, d.W})) : empty_grad(means);
-  Tensor g_cdfs = output_mask[3] ? new_empty(means, concat(batch, {plan.N, d.H, d.W})) : empty_grad(means);
-  if (product(batch) * d.H * d.W > 0) {
-    const Tensor grad_c = torch::stable::contiguous(grad);
-    const Tensor samples_c = torch::stable::contiguous(samples);
-    const typename Backend::Scope scope(means);
-    dispatch_float(means, [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      Gm1dInverseCdfBackwardParams<T> p;
-      p.fwd = plan.template params<T>(op);
-      p.fwd.eps = eps;
-      p.grad = cptr<T>(grad_c);
-      p.samples = cptr<T>(samples_c);
-      p.grad_means = output_mask[0] ? mptr<T>(g_means) : nullptr;
-      p.grad_logstds = output_mask[1] ? mptr<T>(g_logstds) : nullptr;
-      p.grad_logweights = output_mask[2] ? mptr<T>(g_logweights) : nullptr;
-      p.grad_scaled_cdfs = output_mask[3] ? mptr<T>(g_cdfs) : nullptr;
-      Backend::launch(p, scope);
-    });
-  }  // else: no element, and sum_to_shape of the empty gradients gives zeros
-  if (output_mask[0]) g_means = sum_to_shape(g_means, shape_of(means));
-  if (output_mask[1]) g_logstds = sum_to_shape(g_logstds, shape_of(logstds));
-  if (output_mask[2]) g_logweights = sum_to_shape(g_logweights, shape_of(logweights));
-  if (output_mask[3]) g_cdfs = sum_to_shape(g_cdfs, shape_of(scaled_cdfs));
-  return {g_means, g_logstds, g_logweights, g_cdfs};
+  const auto g = run_backward<Backend, 4>(
+      means, output_mask,
+      {concat(batch, {d.K, d.H, d.W}), concat(batch, {1, d.H, d.W}), concat(batch, {d.K, d.H, d.W}),
+       concat(batch, {plan.N, d.H, d.W})},
+      {shape_of(means), shape_of(logstds), shape_of(logweights), shape_of(scaled_cdfs)},
+      product(batch) * d.H * d.W == 0, grad, samples, [&](auto tag, auto grad_p, auto samples_p, const auto& out) {
+        using T = typename decltype(tag)::type;
+        Gm1dInverseCdfBackwardParams<T> p;
+        p.fwd = plan.template params<T>(op);
+        p.fwd.eps = eps;
+        p.grad = grad_p;
+        p.samples = samples_p;
+        p.grad_means = out[0];
+        p.grad_logstds = out[1];
+        p.grad_logweights = out[2];
+        p.grad_scaled_cdfs = out[3];
+        return p;
+      });
+  return {g[0], g[1], g[2], g[3]};
 }
 
 // ---------------------------------------------------------------------------------------------

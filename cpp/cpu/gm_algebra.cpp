@@ -387,14 +387,12 @@ GMFLOW_FLATTEN void sample_range(const GmSampleParams<T>& prm, int64_t begin, in
   A* e = scratch.get();  // [K][kLanes]
   LaneTile<5> tile;
   for_each_lane_tile(prm.layout, st, N, P, begin, end, tile, [&](const LaneTile<5>& L) {
-    A max_value[kLanes], total[kLanes], target[kLanes], cum[kLanes], std_dev[kLanes], z[kLanes], out[kLanes];
-    int64_t chosen[kLanes], last[kLanes];
+    A max_value[kLanes], total[kLanes], target[kLanes], std_dev[kLanes], z[kLanes], out[kLanes];
+    int64_t chosen[kLanes];
+    CategoricalDraw<A> draw[kLanes];
     for (int64_t v = 0; v < kLanes; ++v) {
       max_value[v] = neg_infinity<A>();
       total[v] = A(0);
-      cum[v] = A(0);
-      chosen[v] = -1;
-      last[v] = 0;
     }
     for (int64_t k = 0; k < K; ++k) {
       A* ek = e + k * kLanes;
@@ -414,17 +412,13 @@ GMFLOW_FLATTEN void sample_range(const GmSampleParams<T>& prm, int64_t begin, in
       }
     }
     gather(prm.uniforms, L, 3, 1, 0, target);
-    for (int64_t v = 0; v < kLanes; ++v) target[v] *= total[v];
+    for (int64_t v = 0; v < kLanes; ++v) draw[v].target = target[v] * total[v];
     for (int64_t k = 0; k < K; ++k) {
       const A* ek = e + k * kLanes;
-      for (int64_t v = 0; v < kLanes; ++v) {
-        cum[v] += ek[v];
-        chosen[v] = (chosen[v] < 0 && target[v] < cum[v]) ? k : chosen[v];
-        last[v] = ek[v] > A(0) ? k : last[v];
-      }
+      for (int64_t v = 0; v < kLanes; ++v) draw[v].push(k, ek[v]);
     }
     for (int64_t v = 0; v < kLanes; ++v) {
-      chosen[v] = chosen[v] < 0 ? last[v] : chosen[v];
+      chosen[v] = draw[v].result();
       const int64_t ks = per_component ? chosen[v] * gm.logstds_sk : 0;
       std_dev[v] = fast_exp(load_acc(gm.logstds + L.off[1][v] + ks)) * std_scale;
     }

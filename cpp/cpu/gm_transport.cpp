@@ -422,30 +422,22 @@ GMFLOW_FLATTEN void kr_inverse_range(const GmKrParams<T>& prm, int64_t begin, in
         }
       }
       if (a == axes) {  // axes >= n_axes: ancestral draw from the GM conditioned on the solved axes
-        A u[kLanes];
-        int64_t chosen[kLanes], last[kLanes];
+        A u[kLanes], total[kLanes];
+        int64_t chosen[kLanes];
+        CategoricalDraw<A> draw[kLanes];
         gather(prm.uniforms, L, 5, 1, 0, u);
-        A total[kLanes], cum[kLanes];
-        for (int64_t v = 0; v < kLanes; ++v) {
-          total[v] = A(0);
-          cum[v] = A(0);
-          chosen[v] = -1;
-          last[v] = 0;
-        }
+        for (int64_t v = 0; v < kLanes; ++v) total[v] = A(0);
         for (int64_t k = 0; k < K; ++k) {  // weights of the conditional
           const A* wk = s.w + k * kLanes;
 #pragma omp simd
           for (int64_t v = 0; v < kLanes; ++v) total[v] += wk[v];
         }
+        for (int64_t v = 0; v < kLanes; ++v) draw[v].target = u[v] * total[v];
         for (int64_t k = 0; k < K; ++k) {
           const A* wk = s.w + k * kLanes;
-          for (int64_t v = 0; v < kLanes; ++v) {
-            cum[v] += wk[v];
-            chosen[v] = (chosen[v] < 0 && u[v] * total[v] < cum[v]) ? k : chosen[v];
-            last[v] = wk[v] > A(0) ? k : last[v];
-          }
+          for (int64_t v = 0; v < kLanes; ++v) draw[v].push(k, wk[v]);
         }
-        for (int64_t v = 0; v < kLanes; ++v) chosen[v] = chosen[v] < 0 ? last[v] : chosen[v];
+        for (int64_t v = 0; v < kLanes; ++v) chosen[v] = draw[v].result();
         for (int64_t b = axes; b < C; ++b)
           for (int64_t v = 0; v < kLanes; ++v)
             xt[b * kLanes + v] = mut[(b * K + chosen[v]) * kLanes + v] + std_dev[v] * g[b * kLanes + v];

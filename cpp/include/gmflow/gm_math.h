@@ -14,21 +14,21 @@ GMFLOW_HD T neg_infinity() {
   return T(-INFINITY);
 }
 
-// exp() that the host compiler can vectorise inside simd loops (a branch-free
-// Cody-Waite reduction plus a degree-6 polynomial, max error ~2 ulp on the
-// normal range). Device code and fp64 use the library exp.
-GMFLOW_HD float fast_exp(float x) {
-#if GMFLOW_DEVICE_CODE && defined(__CUDA_ARCH__)
+// exp(x) with x clamped to [-87.3, 88.37] and no special-value selects: -inf and NaN give
+// ~1e-38 (callers propagate NaN through their other operands). On the host a branch-free
+// Cody-Waite reduction plus a degree-6 polynomial (max error ~2 ulp on the normal range) whose
+// clamps have the shape of the x86 max/min instructions, so it vectorises inside simd loops.
+// Device code and fp64 use the library exp.
+GMFLOW_HD float exp_clamped(float x) {
+#if GMFLOW_DEVICE_MATH
   return expf(x);
 #else
-  const float kLog2e = 1.44269504088896341f;
-  const float kLn2Hi = 0.693359375f;
-  const float kLn2Lo = -2.12194440e-4f;
-  const float xc = x > 88.3762626647949f ? 88.3762626647949f : (x < -87.3365447504f ? -87.3365447504f : x);
+  float xc = x > -87.3365447504f ? x : -87.3365447504f;
+  xc = xc < 88.3762626647949f ? xc : 88.3762626647949f;
   // Round to nearest with the 1.5*2^23 trick (vectorises without SSE4.1 rounding).
   const float kRound = 12582912.0f;
-  const float n = (xc * kLog2e + kRound) - kRound;
-  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  const float n = (xc * 1.44269504088896341f + kRound) - kRound;
+  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -36,11 +36,21 @@ GMFLOW_HD float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t e = static_cast<int32_t>(n) + 127;
-  float result = p * bits_float(static_cast<uint32_t>(e) << 23);
-  result = x < -87.3365447504f ? 0.0f : result;       // underflow (and -inf) -> 0
-  result = x > 88.3762626647949f ? INFINITY : result;  // overflow -> inf
-  return x != x ? x : result;                           // NaN propagates
+  return p * bits_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+#endif
+}
+GMFLOW_HD double exp_clamped(double x) { return exp(x); }
+
+// exp() that vectorises on the host: exp_clamped plus exact underflow (-inf -> 0), overflow
+// (-> inf) and NaN propagation.
+GMFLOW_HD float fast_exp(float x) {
+#if GMFLOW_DEVICE_MATH
+  return expf(x);
+#else
+  float result = exp_clamped(x);
+  result = x < -87.3365447504f ? 0.0f : result;
+  result = x > 88.3762626647949f ? INFINITY : result;
+  return x != x ? x : result;
 #endif
 }
 
@@ -50,7 +60,7 @@ GMFLOW_HD double fast_exp(double x) { return exp(x); }
 // polynomial on [sqrt(1/2), sqrt(2)), max error ~2 ulp); x = 0 gives -inf, NaN and
 // negative x give NaN, +inf gives +inf. Device code uses the library log.
 GMFLOW_HD float fast_log(float x) {
-#if GMFLOW_DEVICE_CODE && defined(__CUDA_ARCH__)
+#if GMFLOW_DEVICE_MATH
   return logf(x);
 #else
   const uint32_t bits = float_bits(x);
@@ -117,6 +127,22 @@ struct OnlineLogSumExp {
   }
 
   GMFLOW_HD A result() const { return lse_result(max_value, sum); }
+};
+
+// Categorical inverse-CDF draw over the components visited in order k = 0, 1, ...: the first k
+// whose cumulative weight exceeds target = u * (sum of the weights), u in [0, 1); when rounding
+// leaves none (u close to 1), the last component of positive weight.
+template <typename A>
+struct CategoricalDraw {
+  A target = A(0), cum = A(0);
+  int64_t chosen = -1, last = 0;
+
+  GMFLOW_HD void push(int64_t k, A weight) {
+    cum += weight;
+    chosen = (chosen < 0 && target < cum) ? k : chosen;
+    last = weight > A(0) ? k : last;
+  }
+  GMFLOW_HD int64_t result() const { return chosen < 0 ? last : chosen; }
 };
 
 // exp(a - lse) with the all-zero-weight convention: a pixel whose log density is

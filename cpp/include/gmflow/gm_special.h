@@ -32,31 +32,6 @@ constexpr double kInvSqrt2 = 0.70710678118654752440084436210485;
 constexpr double kInvSqrt2Pi = 0.39894228040143267793994605993438;
 constexpr double kSqrtPi = 1.7724538509055160272981674833411;
 
-// exp(x) without the special-value selects of fast_exp: x is clamped to [-87.3, 88.37]
-// (-inf gives ~1e-38 instead of 0, and NaN gives ~1e-38: callers propagate NaN through
-// their other operands). The clamps have the shape of the x86 max/min instructions.
-// Vectorises on the host.
-GMFLOW_HD float exp_clamped(float x) {
-#if GMFLOW_DEVICE_CODE && defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  float xc = x > -87.3365447504f ? x : -87.3365447504f;
-  xc = xc < 88.3762626647949f ? xc : 88.3762626647949f;
-  const float kRound = 12582912.0f;
-  const float n = (xc * 1.44269504088896341f + kRound) - kRound;
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * bits_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-#endif
-}
-GMFLOW_HD double exp_clamped(double x) { return exp(x); }
-
 // R(y) = erfcx(y / sqrt 2) = exp(y^2 / 2) (1 - erf(y / sqrt 2)) for y >= 0, clamped to
 // y <= 4 sqrt 2 (beyond, exp(-y^2 / 2) R(y) < 2e-8: erf is 1 in float).
 GMFLOW_HD float erfcx_half(float y) {
@@ -111,7 +86,7 @@ GMFLOW_HD float erfinv_poly(float y) {
 
 // sqrt 2 erfinv(u): the inverse of scaled_normal_cdf.
 GMFLOW_HD float scaled_normal_quantile(float u) {
-#if GMFLOW_DEVICE_CODE && defined(__CUDA_ARCH__)
+#if GMFLOW_DEVICE_MATH
   return float(kSqrt2) * erfinvf(u);
 #else
   return float(kSqrt2) * erfinv_poly(u);
@@ -119,7 +94,7 @@ GMFLOW_HD float scaled_normal_quantile(float u) {
 }
 
 GMFLOW_HD double scaled_normal_quantile(double u) {
-#if GMFLOW_DEVICE_CODE && defined(__CUDA_ARCH__)
+#if GMFLOW_DEVICE_MATH
   return kSqrt2 * erfinv(u);
 #else
   // Solve erf(x) = a for a = |u| by Halley steps on f = (1 - a) - erfc(x) (or erf(x) - a for

@@ -14,6 +14,14 @@
 
 #define GMFLOW_RESTRICT __restrict__
 
+// The math of CUDA device code (library expf/logf/erfinvf instead of the host polynomials): taken
+// by nvcc's device pass and by the host emulation of the CUDA kernels (cuda/cuda_emulation.cuh).
+#if (defined(__CUDACC__) && defined(__CUDA_ARCH__)) || defined(GMFLOW_CUDA_EMULATION)
+#define GMFLOW_DEVICE_MATH 1
+#else
+#define GMFLOW_DEVICE_MATH 0
+#endif
+
 namespace gmflow {
 
 // Storage-only 16-bit floats. Kernels load them into fp32 and store back with
