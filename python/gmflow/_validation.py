@@ -14,7 +14,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MEANS_LAYOUT = "(..., K, C, H, W)"
 
