@@ -47,7 +47,7 @@ log "sdist"
   || { cat "$WORK/sdist.log"; exit 1; }
 SDIST=$(ls "$WORK"/sdist/gmflow-*.tar.gz)
 
-log "wheel from the sdist (CUDA archs: ${GMFLOW_CUDA_ARCHS:-the README's list})"
+log "wheel from the sdist (CUDA archs: ${GMFLOW_CUDA_ARCHS:-default list})"
 # Built from the unpacked sdist, so a file missing from the sdist breaks this build, not a user's.
 tar -xzf "$SDIST" -C "$WORK"
 start=$SECONDS
