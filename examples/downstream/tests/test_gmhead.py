@@ -2,14 +2,21 @@
 
 import math
 
+import pytest
 import torch
 from gmflow.reference import core as reference
 
 from gmhead import GMHead, gm_nll, make_batch, train
 
 
-def test_compiled_training_learns_the_four_modes():
-    model, losses = train(steps=300)
+@pytest.fixture(scope="module")
+def trained():
+    """300 Adam steps with the loss under torch.compile(fullgraph=True), compiled once for the module."""
+    return train(steps=300)
+
+
+def test_compiled_training_learns_the_four_modes(trained):
+    _, losses = trained
     assert all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     # A single Gaussian fitted to the four rotations has NLL > 0.5; the mixture is far below it.
@@ -32,8 +39,8 @@ def test_compiled_loss_and_gradients_match_the_reference():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_trained_model_loss_matches_the_reference():
-    model, _ = train(steps=50)
+def test_trained_model_loss_matches_the_reference(trained):
+    model, _ = trained
     cond, target = make_batch(128, torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(
