@@ -139,7 +139,7 @@ __device__ __forceinline__ A newton_solve(const Mix& mix, const NewtonScale<A>& 
     x2 = x1;
     x1 = x;
     x = x_new;
-    if (x == x1) return x;                                          // fixed point: x_{n_steps} = x_it
+    if (x == x1 || x != x) return x;                                // fixed point or NaN: x_{n_steps} = x_it
     if (it >= 2 && x == x2) return ((n_steps - it) & 1) ? x1 : x;  // period 2: by the parity of the rest
   }
   return x;

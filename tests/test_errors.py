@@ -237,7 +237,7 @@ def test_sampling_backward_ops_check_shapes_and_mask():
     x = torch.ops.gmflow.gm1d_inverse_cdf(*args)
     with pytest.raises(RuntimeError, match=r"'grad' and 'samples' must have the output shape"):
         torch.ops.gmflow.gm1d_inverse_cdf_backward(x[:1], *args, x, 1e-6, [True] * 4)
-    with pytest.raises(RuntimeError, match=r"'n_steps' must be >= 0; got -1"):
+    with pytest.raises(RuntimeError, match=r"'n_steps' must be an integer in \[0, 10000\]; got -1"):
         torch.ops.gmflow.gm1d_inverse_cdf(*args, None, -1)
 
 

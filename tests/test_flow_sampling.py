@@ -179,18 +179,39 @@ def test_intermediates():
     assert gmflow_sample(model, noise, 3).intermediates is None
 
 
-def test_points_as_pixels_posterior_mean_is_exact(monkeypatch):
+def test_points_as_pixels_posterior_mean_is_exact():
     """The 1x1 fast path of the GM-ODE sub-steps (taken while the op is the reference) equals the op on
     the original layout."""
-    from gmflow.flow.sampling import _posterior_mean
-
-    monkeypatch.setattr(ops, "NATIVE_OPS", ())
+    from gmflow.flow.sampling import _posterior_mean_as_pixels
 
     gm = TinyGM()(torch.randn(16, 2, 1, 1), torch.full((16,), 700.0))
     gm = ops.u_to_x_0(gm, torch.randn(16, 2, 1, 1), 700.0)
     x, xs = torch.randn(16, 2, 1, 1), torch.randn(16, 2, 1, 1)
-    got = _posterior_mean(gm, x, xs, torch.tensor(500.0), torch.tensor(700.0), T)
+    got = _posterior_mean_as_pixels(gm, x, xs, torch.tensor(500.0), torch.tensor(700.0), T)
     torch.testing.assert_close(got, ops.gm_posterior_mean(gm, x, xs, t=500.0, t_src=700.0))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_posterior_mean_layout_follows_the_dispatcher(monkeypatch, native):
+    """The points-as-pixels layout is used exactly when no native kernel serves gm_posterior_mean."""
+    from gmflow.flow import sampling
+    from gmflow.info import backend_table, native_kernel_serves
+
+    served = backend_table()["gm_posterior_mean"]["CPU"] == "native"
+    assert native_kernel_serves("gm_posterior_mean", "cpu") == served
+    monkeypatch.setattr(sampling, "native_kernel_serves", lambda op, device: native)
+    seen = []
+    real = ops.gm_posterior_mean
+
+    def spy(gm, x, *args, **kwargs):
+        seen.append(tuple(x.shape))
+        return real(gm, x, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "gm_posterior_mean", spy)
+    gm = ops.u_to_x_0(TinyGM()(torch.randn(16, 2, 1, 1), torch.full((16,), 700.0)), torch.randn(16, 2, 1, 1), 700.0)
+    x, xs = torch.randn(16, 2, 1, 1), torch.randn(16, 2, 1, 1)
+    sampling._posterior_mean(gm, x, xs, torch.tensor(500.0), torch.tensor(700.0), T)
+    assert seen == [(16, 2, 1, 1) if native else (2, 16, 1)]
 
 
 def test_guidance_in_the_loop():

@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
+from gmflow.cli import load_eval_model
 from gmflow.cli import main as cli_main
 from gmflow.evaluation.sampling import item_labels
-from gmflow.evaluation.sweep import PAPER_GUIDANCE, load_eval_model, sweep_settings
+from gmflow.evaluation.sweep import PAPER_GUIDANCE, sweep_settings
 from gmflow.models import GMDiT, SpectrumMLP
 from gmflow.train import TrainConfig, Trainer
 
@@ -86,7 +87,7 @@ def test_gmflow_evaluate_sweep_is_resumable(tmp_path, assets, capsys):
     folder = pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "eval"
     argv = ["evaluate", "--checkpoint", str(folder), "--inception", str(assets["inception"]), "--reference",
-            str(assets["reference"]), "--out", str(out), "--methods", "gmode2", "gmsde2", "--nfe", "2:3",
+            str(assets["reference"]), "--out", str(out), "--solvers", "gm-ode2", "gm-sde2", "--nfe", "2:3",
             "--guidance", "0", "0.3", "--num-samples", "10", "--batch-size", "4", "--viz-every", "2",
             "--no-progress", "--device", "cpu"]
     assert cli_main(argv) == 0

@@ -7,9 +7,11 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gmflow/layout.h"
@@ -45,6 +47,25 @@ inline std::string dtype_str(ScalarType t) {
       return "torch.float16";
     case ScalarType::BFloat16:
       return "torch.bfloat16";
+    // The dtypes a user is likely to pass by mistake, named as Python prints them.
+    case ScalarType::ComplexHalf:
+      return "torch.complex32";
+    case ScalarType::ComplexFloat:
+      return "torch.complex64";
+    case ScalarType::ComplexDouble:
+      return "torch.complex128";
+    case ScalarType::Long:
+      return "torch.int64";
+    case ScalarType::Int:
+      return "torch.int32";
+    case ScalarType::Short:
+      return "torch.int16";
+    case ScalarType::Char:
+      return "torch.int8";
+    case ScalarType::Byte:
+      return "torch.uint8";
+    case ScalarType::Bool:
+      return "torch.bool";
     default:
       return std::string("torch.") + torch::headeronly::toString(t);
   }
@@ -69,20 +90,84 @@ inline bool is_supported_float(ScalarType t) {
   return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half || t == ScalarType::BFloat16;
 }
 
+// A None passed for a tensor arrives as an undefined tensor; the first check of every tensor
+// argument (check_min_dim, check_like, check_acc_like, check_device) starts here.
+inline void check_defined(const char* op, const char* name, const Tensor& t) {
+  if (!t.defined()) fail(op, "'", name, "' must be a tensor; got None");
+}
+
+// Same device as `ref`; for tensors whose dtype is checked elsewhere (or not at all because the op
+// ignores them): a tensor on another device must never route the call to another backend.
+inline void check_device(const char* op, const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) {
+  check_defined(op, name, t);
+  if (!(t.device() == ref.device()))
+    fail(op, "'", name, "' is on ", device_str(t), " but '", ref_name, "' is on ", device_str(ref),
+         "; all tensors must be on one device");
+}
+
 // Same dtype (a supported float) and device as the reference tensor `ref`.
 inline void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) {
+  check_defined(op, name, t);
   if (!is_supported_float(t.scalar_type()))
     fail(op, "'", name, "' must be a floating tensor (float32, float64, float16 or bfloat16); got ",
          dtype_str(t.scalar_type()));
   if (t.scalar_type() != ref.scalar_type())
     fail(op, "'", name, "' has dtype ", dtype_str(t.scalar_type()), " but '", ref_name, "' has ",
          dtype_str(ref.scalar_type()), "; all tensors must share one dtype");
-  if (!(t.device() == ref.device()))
-    fail(op, "'", name, "' is on ", device_str(t), " but '", ref_name, "' is on ", device_str(ref),
-         "; all tensors must be on one device");
+  check_device(op, name, t, ref_name, ref);
+}
+
+// Scalar arguments: what each kind accepts, worded as in the error message.
+enum class ScalarKind { kFinite, kFiniteNonZero, kFinitePositive, kPositive };
+
+inline const char* scalar_kind_str(ScalarKind kind) {
+  switch (kind) {
+    case ScalarKind::kFinite:
+      return "a finite number";
+    case ScalarKind::kFiniteNonZero:
+      return "a finite non-zero number";
+    case ScalarKind::kFinitePositive:
+      return "a finite number > 0";
+    default:
+      return "a number > 0 (inf allowed)";
+  }
+}
+
+inline void check_scalar(const char* op, const char* name, double value, ScalarKind kind) {
+  const bool finite = std::isfinite(value);
+  bool ok = false;
+  switch (kind) {
+    case ScalarKind::kFinite:
+      ok = finite;
+      break;
+    case ScalarKind::kFiniteNonZero:
+      ok = finite && value != 0;
+      break;
+    case ScalarKind::kFinitePositive:
+      ok = finite && value > 0;
+      break;
+    case ScalarKind::kPositive:
+      ok = value > 0;  // false for NaN
+      break;
+  }
+  if (!ok) {
+    std::ostringstream got;  // as Python's f"{value:g}" (glibc would print a negative NaN as -nan)
+    if (std::isnan(value)) got << "nan"; else got << value;
+    fail(op, "'", name, "' must be ", scalar_kind_str(kind), "; got ", got.str());
+  }
+}
+
+// Bounds the work of one call: far above any useful Newton step count (the iterates stop moving
+// after a few dozen steps), so a typo or an overflowed int cannot run for minutes.
+constexpr int64_t kMaxNewtonSteps = 10000;
+
+inline void check_steps(const char* op, int64_t n_steps) {
+  if (n_steps < 0 || n_steps > kMaxNewtonSteps)
+    fail(op, "'n_steps' must be an integer in [0, ", kMaxNewtonSteps, "]; got ", n_steps);
 }
 
 inline void check_min_dim(const char* op, const char* name, const Tensor& t, int64_t inner, const char* layout) {
+  check_defined(op, name, t);
   if (t.dim() < inner)
     fail(op, "'", name, "' must have layout ", layout, " (at least ", inner, " dims); got shape ",
          shape_str(shape_of(t)));
@@ -200,6 +285,31 @@ inline Tensor sum_to_shape(const Tensor& full, const Shape& target) {
 
 inline Tensor new_empty(const Tensor& like, const Shape& shape) {
   return torch::stable::new_empty(like, torch::headeronly::IntHeaderOnlyArrayRef(shape));
+}
+
+inline Tensor new_zeros(const Tensor& like, const Shape& shape) {
+  return torch::stable::new_zeros(like, torch::headeronly::IntHeaderOnlyArrayRef(shape));
+}
+
+// Float16 and bfloat16 gradients that sum over broadcast dims are computed in float32 and rounded
+// once: the per-element partials of a broadcast sum can overflow float16 where the sum does not.
+// `full` are the unreduced gradient shapes, `inputs` the tensors they reduce to.
+inline bool needs_float32_reduction(const Tensor& means, const std::vector<bool>& mask,
+                                    const std::vector<Shape>& full, const std::vector<Tensor>& inputs) {
+  const ScalarType t = means.scalar_type();
+  if (t != ScalarType::Half && t != ScalarType::BFloat16) return false;
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (mask[i] && product(full[i]) != inputs[i].numel()) return true;
+  return false;
+}
+
+inline Tensor to_float32(const Tensor& t) { return torch::stable::to(t, ScalarType::Float); }
+
+// Every tensor of a tuple converted to `dtype`.
+template <class Tuple>
+inline Tuple to_dtype(Tuple tensors, ScalarType dtype) {
+  std::apply([&](auto&... t) { ((t = torch::stable::to(t, dtype)), ...); }, tensors);
+  return tensors;
 }
 
 // Calls f(TypeTag<T>{}) with T the kernel element type of `t`.

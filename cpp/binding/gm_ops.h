@@ -88,15 +88,17 @@ inline Tensor empty_grad(const Tensor& like) { return new_empty(like, Shape{0});
 // gm_logprob
 
 struct GmLogprobPlan {
-  static constexpr const char* op = "gm_logprob";
+  const char* op;  // gm_logprob or gm_logprob_backward: the op the messages name
   GmDims d;
   GmTensors gm;
   Tensor samples;
   Shape batch;
   int64_t N;
 
-  GmLogprobPlan(const Tensor& means, const Tensor& logstds, const Tensor& logweights, const Tensor& samples_in)
-      : d(check_gm(op, means, &logstds, logweights)), gm(means, &logstds, logweights), samples(samples_in) {
+  GmLogprobPlan(const char* op_name, const Tensor& means, const Tensor& logstds, const Tensor& logweights,
+                const Tensor& samples_in)
+      : op(op_name),
+        d(check_gm(op, means, &logstds, logweights)), gm(means, &logstds, logweights), samples(samples_in) {
     check_like(op, "samples", samples, "means", means);
     check_min_dim(op, "samples", samples, 4, "(..., N, C, H, W)");
     if (samples.size(-3) != d.C || samples.size(-2) != d.H || samples.size(-1) != d.W)
@@ -130,7 +132,7 @@ struct GmLogprobPlan {
 
 template <class Backend>
 Tensor gm_logprob(Tensor means, Tensor logstds, Tensor logweights, Tensor samples) {
-  const GmLogprobPlan plan(means, logstds, logweights, samples);
+  const GmLogprobPlan plan("gm_logprob", means, logstds, logweights, samples);
   Tensor out = new_empty(means, plan.out_shape());
   if (out.numel() == 0) return out;
   const typename Backend::Scope scope(means);
@@ -148,7 +150,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gm_logprob_backward(Tensor grad, Tens
                                                                Tensor logweights, Tensor samples, Tensor logprob,
                                                                std::vector<bool> output_mask) {
   constexpr const char* op = "gm_logprob_backward";
-  const GmLogprobPlan plan(means, logstds, logweights, samples);
+  const GmLogprobPlan plan(op, means, logstds, logweights, samples);
   if (output_mask.size() != 4) fail(op, "'output_mask' must have 4 entries; got ", output_mask.size());
   const Shape out_shape = plan.out_shape();
   check_like(op, "grad", grad, "means", means);
@@ -159,6 +161,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gm_logprob_backward(Tensor grad, Tens
   const GmDims& d = plan.d;
   const Shape& batch = plan.batch;
   const int64_t Kl = plan.gm.logstds.size(-4);
+  if (needs_float32_reduction(means, output_mask,
+                              {concat(batch, {d.K, d.C, d.H, d.W}), concat(batch, {Kl, 1, d.H, d.W}),
+                               concat(batch, {d.K, 1, d.H, d.W}), concat(batch, {plan.N, d.C, d.H, d.W})},
+                              {means, logstds, logweights, samples}))
+    return to_dtype(gm_logprob_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
+                                                 to_float32(logweights), to_float32(samples), to_float32(logprob),
+                                                 output_mask),
+                    means.scalar_type());
   Tensor g_means = output_mask[0] ? new_empty(means, concat(batch, {d.K, d.C, d.H, d.W})) : empty_grad(means);
   Tensor g_logstds = output_mask[1] ? new_empty(means, concat(batch, {Kl, 1, d.H, d.W})) : empty_grad(means);
   Tensor g_logweights = output_mask[2] ? new_empty(means, concat(batch, {d.K, 1, d.H, d.W})) : empty_grad(means);
@@ -223,6 +233,7 @@ template <class Backend>
 Tensor gm_to_mean(Tensor means, Tensor logweights, double power) {
   constexpr const char* op = "gm_to_mean";
   const GmPixelPlan plan(op, means, nullptr, logweights);
+  check_scalar(op, "power", power, ScalarKind::kFinite);
   const GmDims& d = plan.d;
   Tensor out = new_empty(means, concat(plan.batch, {d.C, d.H, d.W}));
   if (out.numel() == 0) return out;
@@ -244,6 +255,7 @@ std::tuple<Tensor, Tensor> gm_to_mean_backward(Tensor grad, Tensor means, Tensor
   constexpr const char* op = "gm_to_mean_backward";
   const GmPixelPlan plan(op, means, nullptr, logweights);
   if (output_mask.size() != 2) fail(op, "'output_mask' must have 2 entries; got ", output_mask.size());
+  check_scalar(op, "power", power, ScalarKind::kFinite);
   const GmDims& d = plan.d;
   const Shape out_shape = concat(plan.batch, {d.C, d.H, d.W});
   check_like(op, "grad", grad, "means", means);
@@ -251,6 +263,12 @@ std::tuple<Tensor, Tensor> gm_to_mean_backward(Tensor grad, Tensor means, Tensor
   if (shape_of(grad) != out_shape || shape_of(mean) != out_shape)
     fail(op, "'grad' and 'mean' must have the output shape ", shape_str(out_shape), "; got ",
          shape_str(shape_of(grad)), " and ", shape_str(shape_of(mean)));
+  if (needs_float32_reduction(means, output_mask,
+                              {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {d.K, 1, d.H, d.W})},
+                              {means, logweights}))
+    return to_dtype(gm_to_mean_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logweights),
+                                                 to_float32(mean), power, output_mask),
+                    means.scalar_type());
   Tensor g_means = output_mask[0] ? new_empty(means, concat(plan.batch, {d.K, d.C, d.H, d.W})) : empty_grad(means);
   Tensor g_logweights =
       output_mask[1] ? new_empty(means, concat(plan.batch, {d.K, 1, d.H, d.W})) : empty_grad(means);

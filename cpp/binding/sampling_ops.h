@@ -19,13 +19,12 @@ inline ScalarType acc_scalar_type(ScalarType t) { return t == ScalarType::Double
 
 // `t` must be in the accumulation dtype of `ref` (float64 for float64, else float32).
 inline void check_acc_like(const char* op, const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) {
+  check_defined(op, name, t);
   const ScalarType want = acc_scalar_type(ref.scalar_type());
   if (t.scalar_type() != want)
     fail(op, "'", name, "' must have dtype ", dtype_str(want), " (the accumulation dtype of '", ref_name, "' ",
          dtype_str(ref.scalar_type()), "); got ", dtype_str(t.scalar_type()));
-  if (!(t.device() == ref.device()))
-    fail(op, "'", name, "' is on ", device_str(t), " but '", ref_name, "' is on ", device_str(ref),
-         "; all tensors must be on one device");
+  check_device(op, name, t, ref_name, ref);
 }
 
 // `t` ends with the dims `want` (layout `layout`; `dims` says which sizes come from 'means').
@@ -42,6 +41,13 @@ inline std::string chw(const GmDims& d) {
   return "C=" + std::to_string(d.C) + ", H=" + std::to_string(d.H) + ", W=" + std::to_string(d.W);
 }
 inline std::string hw(int64_t H, int64_t W) { return "H=" + std::to_string(H) + ", W=" + std::to_string(W); }
+
+// The scalars of the Newton solvers (gm1d_inverse_cdf, gm_kr_inverse).
+inline void check_newton_scalars(const char* op, int64_t n_steps, double eps, double max_step_size) {
+  check_steps(op, n_steps);
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
+  check_scalar(op, "max_step_size", max_step_size, ScalarKind::kPositive);
+}
 
 inline void check_mask(const char* op, const std::vector<bool>& mask, size_t n) {
   if (mask.size() != n) fail(op, "'output_mask' must have ", n, " entries; got ", mask.size());
@@ -96,13 +102,26 @@ std::tuple<Tensor, Tensor, Tensor> gm_mul_iso_gaussian(Tensor means, Tensor logs
                                       {"logweights", gm.logweights, 4}, {"gaussian_mean", g_mean, 3},
                                       {"gaussian_var", g_var, 3}};
   const Shape batch = broadcast_batch(op, operands);
-  if (gm_power == 0) fail(op, "'gm_power' must be non-zero");
+  check_scalar(op, "gm_power", gm_power, ScalarKind::kFiniteNonZero);
+  check_scalar(op, "gaussian_power", gaussian_power, ScalarKind::kFinite);
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
   const int64_t Kl = logstds.size(-4);
   const bool per_pixel = logstds.size(-2) != 1 || logstds.size(-1) != 1 || var_pixels;
   Tensor out_means = new_empty(means, concat(batch, {d.K, d.C, d.H, d.W}));
   Tensor out_logstds = new_empty(means, concat(batch, {Kl, 1, per_pixel ? d.H : 1, per_pixel ? d.W : 1}));
   Tensor out_logweights = new_empty(means, concat(batch, {d.K, 1, d.H, d.W}));
-  if (product(batch) * d.H * d.W == 0) return {out_means, out_logstds, out_logweights};
+  if (product(batch) * d.H * d.W == 0) {
+    // The kernel writes every output from its pixel loop, and an empty grid has no pixel; but a
+    // pixel-free logstds output is not empty. It depends on no pixel input: compute it on one
+    // placeholder pixel.
+    if (out_logstds.numel() > 0) {
+      auto one_pixel = [](const Tensor& t) { return new_zeros(t, concat(leading(shape_of(t), 2), {1, 1})); };
+      out_logstds = std::get<1>(gm_mul_iso_gaussian<Backend>(one_pixel(means), logstds, one_pixel(logweights),
+                                                             one_pixel(gaussian_mean), gaussian_var, gm_power,
+                                                             gaussian_power, eps));
+    }
+    return {out_means, out_logstds, out_logweights};
+  }
   const typename Backend::Scope scope(means);
   dispatch_float(means, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -127,6 +146,13 @@ std::tuple<Tensor, Tensor, Tensor> gm_mul_iso_gaussian(Tensor means, Tensor logs
 // ---------------------------------------------------------------------------------------------
 // gm_posterior_mean
 
+// A sigma is batch-only (...), or (..., 1, 1, 1) broadcasting against x (..., C, H, W) as upstream
+// GMFlow passes it: the trailing (1, 1, 1) then are not batch dims.
+inline int64_t sigma_inner(const Tensor& sigma) {
+  const int64_t n = sigma.dim();
+  return n >= 3 && sigma.size(n - 1) == 1 && sigma.size(n - 2) == 1 && sigma.size(n - 3) == 1 ? 3 : 0;
+}
+
 struct PosteriorPlan {
   GmDims d;
   GmTensors gm;
@@ -149,8 +175,8 @@ struct PosteriorPlan {
 
   std::vector<Operand> operands() const {
     return {{"means", gm.means, 4},  {"logstds", gm.logstds, 4}, {"logweights", gm.logweights, 4},
-            {"x_src", x_src, 3},     {"x_tgt", x_tgt, 3},        {"sigma_src", sigma_src, 0},
-            {"sigma_tgt", sigma_tgt, 0}};
+            {"x_src", x_src, 3},     {"x_tgt", x_tgt, 3},        {"sigma_src", sigma_src, sigma_inner(sigma_src)},
+            {"sigma_tgt", sigma_tgt, sigma_inner(sigma_tgt)}};
   }
 
   template <typename T>
@@ -178,6 +204,7 @@ Tensor gm_posterior_mean(Tensor means, Tensor logstds, Tensor logweights, Tensor
                          Tensor sigma_src, Tensor sigma_tgt, double eps) {
   constexpr const char* op = "gm_posterior_mean";
   const PosteriorPlan plan(op, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt);
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
   Tensor out = new_empty(means, plan.out_shape());
   if (out.numel() == 0) return out;
   const typename Backend::Scope scope(means);
@@ -199,8 +226,18 @@ std::tuple<Tensor, Tensor, Tensor> gm_posterior_mean_backward(Tensor grad, Tenso
   const PosteriorPlan plan(op, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt);
   check_mask(op, output_mask, 3);
   check_grad_pair(op, "grad", grad, "mean", mean, means, plan.out_shape());
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
   const GmDims& d = plan.d;
   const int64_t Kl = logstds.size(-4);
+  if (needs_float32_reduction(means, output_mask,
+                              {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {Kl, 1, d.H, d.W}),
+                               concat(plan.batch, {d.K, 1, d.H, d.W})},
+                              {means, logstds, logweights}))
+    return to_dtype(gm_posterior_mean_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
+                                                        to_float32(logweights), to_float32(x_src),
+                                                        to_float32(x_tgt), sigma_src, sigma_tgt, to_float32(mean),
+                                                        eps, output_mask),
+                    means.scalar_type());
   Tensor g_means = output_mask[0] ? new_empty(means, concat(plan.batch, {d.K, d.C, d.H, d.W})) : empty_grad(means);
   Tensor g_logstds = output_mask[1] ? new_empty(means, concat(plan.batch, {Kl, 1, d.H, d.W})) : empty_grad(means);
   Tensor g_logweights =
@@ -312,16 +349,12 @@ struct InverseCdfPlan {
   Shape out_shape() const { return concat(batch, {N, d.H, d.W}); }
 };
 
-inline void check_steps(const char* op, int64_t n_steps) {
-  if (n_steps < 0) fail(op, "'n_steps' must be >= 0; got ", n_steps);
-}
-
 template <class Backend>
 Tensor gm1d_inverse_cdf(Tensor means, Tensor logstds, Tensor logweights, Tensor scaled_cdfs,
                         std::optional<Tensor> gaussian_samples, int64_t n_steps, double eps, double max_step_size) {
   constexpr const char* op = "gm1d_inverse_cdf";
   const InverseCdfPlan plan(op, means, logstds, logweights, scaled_cdfs, gaussian_samples);
-  check_steps(op, n_steps);
+  check_newton_scalars(op, n_steps, eps, max_step_size);
   Tensor out = new_empty(means, plan.out_shape());
   if (out.numel() == 0) return out;
   const typename Backend::Scope scope(means);
@@ -346,8 +379,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gm1d_inverse_cdf_backward(Tensor grad
   const InverseCdfPlan plan(op, means, logstds, logweights, scaled_cdfs, std::nullopt);
   check_mask(op, output_mask, 4);
   check_grad_pair(op, "grad", grad, "samples", samples, means, plan.out_shape());
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
   const Gm1dDims& d = plan.d;
   const Shape& batch = plan.batch;
+  if (needs_float32_reduction(means, output_mask,
+                              {concat(batch, {d.K, d.H, d.W}), concat(batch, {1, d.H, d.W}),
+                               concat(batch, {d.K, d.H, d.W}), concat(batch, {plan.N, d.H, d.W})},
+                              {means, logstds, logweights, scaled_cdfs}))
+    return to_dtype(gm1d_inverse_cdf_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
+                                                       to_float32(logweights), to_float32(scaled_cdfs),
+                                                       to_float32(samples), eps, output_mask),
+                    means.scalar_type());
   Tensor g_means = output_mask[0] ? new_empty(means, concat(batch, {d.K, d.H, d.W})) : empty_grad(means);
   Tensor g_logstds = output_mask[1] ? new_empty(means, concat(batch, {1, d.H, d.W})) : empty_grad(means);
   Tensor g_logweights = output_mask[2] ? new_empty(means, concat(batch, {d.K, d.H, d.W})) : empty_grad(means);
@@ -414,15 +456,17 @@ struct KrPlan {
   }
 
   void add_uniforms(const char* op, const Tensor& means, const std::optional<Tensor>& u) {
+    if (u.has_value()) {  // checked also when unused (n_axes == C)
+      check_acc_like(op, "uniforms", *u, "means", means);
+      check_min_dim(op, "uniforms", *u, 4, "(..., N, 1, H, W)");
+      if (u->size(-4) != N || u->size(-3) != 1 || u->size(-2) != d.H || u->size(-1) != d.W)
+        fail(op, "'uniforms' must have layout (..., N, 1, H, W) with N=", N, " taken from 'gaussian_samples' and ",
+             hw(d.H, d.W), "; got ", shape_str(shape_of(*u)));
+    }
     if (axes >= d.C) return;
     if (!u.has_value())
       fail(op, "'uniforms' (..., N, 1, H, W) are required when n_axes=", axes, " < C=", d.C,
            " (they choose the component of the remaining axes)");
-    check_acc_like(op, "uniforms", *u, "means", means);
-    check_min_dim(op, "uniforms", *u, 4, "(..., N, 1, H, W)");
-    if (u->size(-4) != N || u->size(-3) != 1 || u->size(-2) != d.H || u->size(-1) != d.W)
-      fail(op, "'uniforms' must have layout (..., N, 1, H, W) with N=", N, " taken from 'gaussian_samples' and ",
-           hw(d.H, d.W), "; got ", shape_str(shape_of(*u)));
     uniforms = with_unit_pixel_stride(*u);
     std::vector<Operand> ops = operands("gaussian_samples");
     ops.push_back({"uniforms", *uniforms, 4});
@@ -471,8 +515,8 @@ Tensor gm_kr_inverse(Tensor means, Tensor logstds, Tensor logweights, Tensor gau
                      double max_step_size) {
   constexpr const char* op = "gm_kr_inverse";
   KrPlan plan(op, means, logstds, logweights, gaussian_samples, "gaussian_samples", rotation, n_axes);
-  check_steps(op, n_steps);
   plan.add_uniforms(op, means, uniforms);
+  check_newton_scalars(op, n_steps, eps, max_step_size);
   const GmDims& d = plan.d;
   Tensor out = new_empty(means, concat(plan.batch, {plan.N, d.C, d.H, d.W}));
   if (out.numel() == 0) return out;
@@ -496,6 +540,7 @@ Tensor gm_kr_forward(Tensor means, Tensor logstds, Tensor logweights, Tensor sam
                      std::optional<int64_t> n_axes, double eps) {
   constexpr const char* op = "gm_kr_forward";
   const KrPlan plan(op, means, logstds, logweights, samples, "samples", rotation, n_axes);
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
   const GmDims& d = plan.d;
   Tensor out = new_empty(means, concat(plan.batch, {plan.N, plan.axes, d.H, d.W}));
   if (out.numel() == 0) return out;
@@ -536,6 +581,7 @@ Tensor gm_sample(Tensor means, Tensor logstds, Tensor logweights, Tensor uniform
                                       {"logweights", gm.logweights, 4}, {"uniforms", u, 4},
                                       {"normals", z, 4}};
   const Shape batch = broadcast_batch(op, operands);
+  check_scalar(op, "gm_power", gm_power, cov_sharpen ? ScalarKind::kFinitePositive : ScalarKind::kFinite);
   Tensor out = new_empty(means, concat(batch, {N, d.C, d.H, d.W}));
   if (out.numel() == 0) return out;
   const typename Backend::Scope scope(means);

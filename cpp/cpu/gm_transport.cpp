@@ -86,7 +86,8 @@ GMFLOW_ALWAYS_INLINE A newton_chunk(NewtonSet<A>& s, int64_t j, A eps) {
     s.x2[i] = s.x1[i];
     s.x1[i] = s.x[i];
     s.x[i] = x_new;
-    periodic += (x_new == s.x1[i] || x_new == s.x2[i]) ? s.alive[i] : A(0);
+    // A NaN iterate stays NaN (x - delta), so it settles at once.
+    periodic += (x_new == s.x1[i] || x_new == s.x2[i] || x_new != x_new) ? s.alive[i] : A(0);
   }
   return periodic;
 }
@@ -107,7 +108,7 @@ GMFLOW_ALWAYS_INLINE void newton_solve(NewtonSet<A>& s, int64_t count, int64_t n
       if (newton_chunk(s, j, eps) > A(0)) {
         for (int64_t i = j; i < j + kChunk; ++i) {
           if (s.alive[i] == A(0)) continue;
-          if (s.x[i] == s.x1[i]) {  // fixed point: every later iterate equals x_it
+          if (s.x[i] == s.x1[i] || s.x[i] != s.x[i]) {  // fixed point (or NaN): every later iterate equals x_it
             result[s.lane[i]] = s.x[i];
           } else if (it >= 2 && s.x[i] == s.x2[i]) {  // period 2: x_{n_steps} is x_it or x_{it-1}
             result[s.lane[i]] = ((n_steps - it) & 1) ? s.x1[i] : s.x[i];

@@ -136,35 +136,37 @@ def _logprob_backward(ctx, grad):
 # gm_to_mean
 
 
-def _to_mean_shape(op, means, logweights):
+def _to_mean_shape(op, means, logweights, power):
     batch, (K, C, H, W) = V.pixel_op_batch(op, means, None, logweights)
+    V.check_scalar(op, "power", power, V.FINITE)
     return batch + [C, H, W]
 
 
 def _to_mean_fallback(means, logweights, power=1.0):
-    _to_mean_shape("gm_to_mean", means, logweights)
+    _to_mean_shape("gm_to_mean", means, logweights, power)
     return ref.gm_to_mean(means, logweights, power).contiguous()
 
 
 def _to_mean_fake(means, logweights, power=1.0):
-    return _empty(means, _to_mean_shape("gm_to_mean", means, logweights))
+    return _empty(means, _to_mean_shape("gm_to_mean", means, logweights, power))
 
 
-def _to_mean_backward_checks(grad, means, logweights, mean, output_mask):
+def _to_mean_backward_checks(grad, means, logweights, mean, power, output_mask):
     op = "gm_to_mean_backward"
-    out_shape = _to_mean_shape(op, means, logweights)
+    batch, (K, C, H, W) = V.pixel_op_batch(op, means, None, logweights)
     V.check_output_mask(op, output_mask, 2)
-    V.check_grad_like(op, ("grad", "mean"), (grad, mean), means, out_shape)
+    V.check_scalar(op, "power", power, V.FINITE)
+    V.check_grad_like(op, ("grad", "mean"), (grad, mean), means, batch + [C, H, W])
 
 
 def _to_mean_backward_fallback(grad, means, logweights, mean, power, output_mask):
-    _to_mean_backward_checks(grad, means, logweights, mean, output_mask)
+    _to_mean_backward_checks(grad, means, logweights, mean, power, output_mask)
     grads = ref.gm_to_mean_backward(grad, means, logweights, mean, power, output_mask)
     return tuple(g.contiguous() for g in grads)
 
 
 def _to_mean_backward_fake(grad, means, logweights, mean, power, output_mask):
-    _to_mean_backward_checks(grad, means, logweights, mean, output_mask)
+    _to_mean_backward_checks(grad, means, logweights, mean, power, output_mask)
     return tuple(_empty(means, x.shape if m else (0,)) for x, m in zip((means, logweights), output_mask))
 
 
@@ -213,24 +215,25 @@ def _iso_backward(ctx, grad_mean, grad_var):
 # gm_mul_iso_gaussian (inference only: no autograd)
 
 
-def _mul_iso_shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power):
+def _mul_iso_shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power, gaussian_power, eps):
     op = "gm_mul_iso_gaussian"
     shapes = V.mul_iso_gaussian_shapes(op, means, logstds, logweights, gaussian_mean, gaussian_var)
-    if gm_power == 0:
-        V.fail(op, "'gm_power' must be non-zero")
+    V.check_scalar(op, "gm_power", gm_power, V.FINITE_NONZERO)
+    V.check_scalar(op, "gaussian_power", gaussian_power, V.FINITE)
+    V.check_scalar(op, "eps", eps, V.FINITE_POSITIVE)
     return shapes
 
 
 def _mul_iso_fallback(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power=1.0, gaussian_power=1.0,
                       eps=1e-6):
-    _mul_iso_shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power)
+    _mul_iso_shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power, gaussian_power, eps)
     return sref.gm_mul_iso_gaussian(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power,
                                     gaussian_power, eps)
 
 
 def _mul_iso_fake(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power=1.0, gaussian_power=1.0,
                   eps=1e-6):
-    shapes = _mul_iso_shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power)
+    shapes = _mul_iso_shapes(means, logstds, logweights, gaussian_mean, gaussian_var, gm_power, gaussian_power, eps)
     return tuple(_empty(means, s) for s in shapes)
 
 
@@ -238,37 +241,45 @@ def _mul_iso_fake(means, logstds, logweights, gaussian_mean, gaussian_var, gm_po
 # gm_posterior_mean
 
 
+def _posterior_shape(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps):
+    op = "gm_posterior_mean"
+    shape = V.posterior_mean_shape(op, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
+    V.check_scalar(op, "eps", eps, V.FINITE_POSITIVE)
+    return shape
+
+
 def _posterior_fallback(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps=1e-6):
-    V.posterior_mean_shape("gm_posterior_mean", means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
-    return sref.gm_posterior_mean(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps)
+    _posterior_shape(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps)
+    return sref.gm_posterior_mean(means, logstds, logweights, x_src, x_tgt, V.batch_only_sigma(sigma_src),
+                                  V.batch_only_sigma(sigma_tgt), eps)
 
 
 def _posterior_fake(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps=1e-6):
-    shape = V.posterior_mean_shape("gm_posterior_mean", means, logstds, logweights, x_src, x_tgt, sigma_src,
-                                   sigma_tgt)
-    return _empty(means, shape)
+    return _empty(means, _posterior_shape(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, eps))
 
 
-def _posterior_backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean,
+def _posterior_backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps,
                                output_mask):
     op = "gm_posterior_mean_backward"
     shape = V.posterior_mean_shape(op, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
     V.check_output_mask(op, output_mask, 3)
     V.check_grad_like(op, ("grad", "mean"), (grad, mean), means, shape)
+    V.check_scalar(op, "eps", eps, V.FINITE_POSITIVE)
 
 
 def _posterior_backward_fallback(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps,
                                  output_mask):
-    _posterior_backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean,
+    _posterior_backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps,
                                output_mask)
-    grads = sref.gm_posterior_mean_backward(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt,
-                                            mean, eps, output_mask)
+    grads = sref.gm_posterior_mean_backward(grad, means, logstds, logweights, x_src, x_tgt,
+                                            V.batch_only_sigma(sigma_src), V.batch_only_sigma(sigma_tgt), mean, eps,
+                                            output_mask)
     return tuple(g.contiguous() for g in grads)
 
 
 def _posterior_backward_fake(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps,
                              output_mask):
-    _posterior_backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean,
+    _posterior_backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps,
                                output_mask)
     return tuple(_empty(means, x.shape if m else (0,)) for x, m in zip((means, logstds, logweights), output_mask))
 
@@ -294,15 +305,16 @@ def _posterior_backward(ctx, grad):
 # gm1d_inverse_cdf (implicit-function gradient, no unrolling)
 
 
-def _inverse_cdf_shape(op, means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps):
+def _inverse_cdf_shape(op, means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps, eps, max_step_size):
     shape = V.inverse_cdf_shape(op, means, logstds, logweights, scaled_cdfs, gaussian_samples)
-    V.check_steps(op, n_steps)
+    V.check_newton_scalars(op, n_steps, eps, max_step_size)
     return shape
 
 
 def _inverse_cdf_fallback(means, logstds, logweights, scaled_cdfs, gaussian_samples=None, n_steps=8, eps=1e-6,
                           max_step_size=1.5):
-    _inverse_cdf_shape("gm1d_inverse_cdf", means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps)
+    _inverse_cdf_shape("gm1d_inverse_cdf", means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps, eps,
+                       max_step_size)
     return sref.gm1d_inverse_cdf(means, logstds, logweights, scaled_cdfs, gaussian_samples, n_steps, eps,
                                  max_step_size)
 
@@ -310,24 +322,25 @@ def _inverse_cdf_fallback(means, logstds, logweights, scaled_cdfs, gaussian_samp
 def _inverse_cdf_fake(means, logstds, logweights, scaled_cdfs, gaussian_samples=None, n_steps=8, eps=1e-6,
                       max_step_size=1.5):
     return _empty(means, _inverse_cdf_shape("gm1d_inverse_cdf", means, logstds, logweights, scaled_cdfs,
-                                            gaussian_samples, n_steps))
+                                            gaussian_samples, n_steps, eps, max_step_size))
 
 
-def _inverse_cdf_backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask):
+def _inverse_cdf_backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
     op = "gm1d_inverse_cdf_backward"
     shape = V.inverse_cdf_shape(op, means, logstds, logweights, scaled_cdfs)
     V.check_output_mask(op, output_mask, 4)
     V.check_grad_like(op, ("grad", "samples"), (grad, samples), means, shape)
+    V.check_scalar(op, "eps", eps, V.FINITE_POSITIVE)
 
 
 def _inverse_cdf_backward_fallback(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
-    _inverse_cdf_backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask)
+    _inverse_cdf_backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask)
     grads = sref.gm1d_inverse_cdf_backward(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask)
     return tuple(g.contiguous() for g in grads)
 
 
 def _inverse_cdf_backward_fake(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
-    _inverse_cdf_backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, output_mask)
+    _inverse_cdf_backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask)
     inputs = (means, logstds, logweights, scaled_cdfs)
     return tuple(_empty(means, x.shape if m else (0,)) for x, m in zip(inputs, output_mask))
 
@@ -354,7 +367,7 @@ def _inverse_cdf_backward(ctx, grad):
 def _kr_inverse_fallback(means, logstds, logweights, gaussian_samples, rotation, uniforms=None, n_axes=None,
                          n_steps=16, eps=1e-6, max_step_size=1.5):
     V.kr_inverse_shape("gm_kr_inverse", means, logstds, logweights, gaussian_samples, rotation, uniforms, n_axes,
-                       n_steps)
+                       n_steps, eps, max_step_size)
     return sref.gm_kr_inverse(means, logstds, logweights, gaussian_samples, rotation, uniforms, n_axes, n_steps, eps,
                               max_step_size)
 
@@ -362,16 +375,17 @@ def _kr_inverse_fallback(means, logstds, logweights, gaussian_samples, rotation,
 def _kr_inverse_fake(means, logstds, logweights, gaussian_samples, rotation, uniforms=None, n_axes=None, n_steps=16,
                      eps=1e-6, max_step_size=1.5):
     return _empty(means, V.kr_inverse_shape("gm_kr_inverse", means, logstds, logweights, gaussian_samples, rotation,
-                                            uniforms, n_axes, n_steps))
+                                            uniforms, n_axes, n_steps, eps, max_step_size))
 
 
 def _kr_forward_fallback(means, logstds, logweights, samples, rotation, n_axes=None, eps=1e-6):
-    V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation, n_axes)
+    V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation, n_axes, eps)
     return sref.gm_kr_forward(means, logstds, logweights, samples, rotation, n_axes, eps)
 
 
 def _kr_forward_fake(means, logstds, logweights, samples, rotation, n_axes=None, eps=1e-6):
-    return _empty(means, V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation, n_axes))
+    return _empty(means, V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation, n_axes,
+                                            eps))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,12 +393,13 @@ def _kr_forward_fake(means, logstds, logweights, samples, rotation, n_axes=None,
 
 
 def _sample_fallback(means, logstds, logweights, uniforms, normals, gm_power=1.0, cov_sharpen=False):
-    V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals)
+    V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals, gm_power, cov_sharpen)
     return sref.gm_sample(means, logstds, logweights, uniforms, normals, gm_power, cov_sharpen)
 
 
 def _sample_fake(means, logstds, logweights, uniforms, normals, gm_power=1.0, cov_sharpen=False):
-    return _empty(means, V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals))
+    return _empty(means, V.sample_shape("gm_sample", means, logstds, logweights, uniforms, normals, gm_power,
+                                        cov_sharpen))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ fails the import, and every op keeps working through the reference fallback.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -54,9 +55,8 @@ STATE = NativeState()
 
 
 def _package_dirs() -> list[Path]:
-    import gmflow
-
-    return [Path(p) for p in gmflow.__path__]
+    """The package's directories, from the import system's record of it (no import of the package)."""
+    return [Path(p) for p in importlib.util.find_spec(__package__).submodule_search_locations]
 
 
 def _find(filename: str) -> Path | None:

@@ -7,6 +7,8 @@ so every backend rejects the same inputs and names the same argument.
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Sequence
 
 import torch
@@ -14,6 +16,10 @@ from torch import Tensor
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MEANS_LAYOUT = "(..., K, C, H, W)"
+
+#: Largest accepted ``n_steps`` of the Newton solvers (``gm1d_inverse_cdf``, ``gm_kr_inverse``): far
+#: above any useful value (the iterates stop moving after a few dozen steps); it bounds one call's work.
+MAX_N_STEPS = 10_000
 
 
 class GMFlowInputError(ValueError, RuntimeError):
@@ -29,19 +35,58 @@ def fail(op: str, message: str) -> None:
     raise GMFlowInputError(f"{op}(): {message}")
 
 
+def _type_name(value) -> str:
+    return "None" if value is None else type(value).__name__
+
+
 def _shape(t: Tensor) -> list[int]:
     return list(t.shape)
 
 
+def check_floating(name: str, t) -> None:
+    """For the typed wrappers (no op prefix): ``t`` is a float tensor; complex, integer and bool are refused
+    (they would lose their imaginary part or give integer results)."""
+    if not isinstance(t, Tensor) or t.dtype not in SUPPORTED_DTYPES:
+        got = t.dtype if isinstance(t, Tensor) else _type_name(t)
+        raise GMFlowInputError(f"{name} must be a floating tensor (float32, float64, float16 or bfloat16); got {got}")
+
+
 def check_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     if not isinstance(t, Tensor):
-        fail(op, f"'{name}' must be a tensor; got {type(t).__name__}")
+        fail(op, f"'{name}' must be a tensor; got {_type_name(t)}")
     if t.dtype not in SUPPORTED_DTYPES:
         fail(op, f"'{name}' must be a floating tensor (float32, float64, float16 or bfloat16); got {t.dtype}")
     if t.dtype != ref.dtype:
         fail(op, f"'{name}' has dtype {t.dtype} but '{ref_name}' has {ref.dtype}; all tensors must share one dtype")
+    check_device(op, name, t, ref_name, ref)
+
+
+def check_device(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """A tensor on another device must never route the call to another backend (e.g. meta: the fake kernel)."""
     if t.device != ref.device:
         fail(op, f"'{name}' is on {t.device} but '{ref_name}' is on {ref.device}; all tensors must be on one device")
+
+
+# Scalar arguments: what each kind accepts, worded as in the error message.
+FINITE = "a finite number"
+FINITE_NONZERO = "a finite non-zero number"
+FINITE_POSITIVE = "a finite number > 0"
+POSITIVE = "a number > 0 (inf allowed)"
+
+
+def check_scalar(op: str, name: str, value, kind: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(op, f"'{name}' must be {kind}; got {type(value).__name__}")
+    value = float(value)
+    finite = math.isfinite(value)
+    ok = {
+        FINITE: finite,
+        FINITE_NONZERO: finite and value != 0,
+        FINITE_POSITIVE: finite and value > 0,
+        POSITIVE: value > 0,
+    }[kind]
+    if not ok:
+        fail(op, f"'{name}' must be {kind}; got {value:g}")
 
 
 def check_min_dim(op: str, name: str, t: Tensor, inner: int, layout: str) -> None:
@@ -52,7 +97,7 @@ def check_min_dim(op: str, name: str, t: Tensor, inner: int, layout: str) -> Non
 def check_gm(op: str, means: Tensor, logstds: Tensor | None, logweights: Tensor) -> tuple[int, int, int, int]:
     """Checks a GM operand set; returns (K, C, H, W)."""
     if not isinstance(means, Tensor):
-        fail(op, f"'means' must be a tensor; got {type(means).__name__}")
+        fail(op, f"'means' must be a tensor; got {_type_name(means)}")
     check_min_dim(op, "means", means, 4, MEANS_LAYOUT)
     check_like(op, "means", means, "means", means)
     check_like(op, "logweights", logweights, "means", means)
@@ -164,12 +209,11 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def check_acc_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     """``t`` must be in the accumulation dtype of ``ref`` (float64 for float64, else float32)."""
     if not isinstance(t, Tensor):
-        fail(op, f"'{name}' must be a tensor; got {type(t).__name__}")
+        fail(op, f"'{name}' must be a tensor; got {_type_name(t)}")
     want = acc_dtype(ref.dtype)
     if t.dtype != want:
         fail(op, f"'{name}' must have dtype {want} (the accumulation dtype of '{ref_name}' {ref.dtype}); got {t.dtype}")
-    if t.device != ref.device:
-        fail(op, f"'{name}' is on {t.device} but '{ref_name}' is on {ref.device}; all tensors must be on one device")
+    check_device(op, name, t, ref_name, ref)
 
 
 def check_shared_logstds(op: str, logstds: Tensor) -> None:
@@ -206,6 +250,7 @@ def mul_iso_gaussian_shapes(op, means, logstds, logweights, gaussian_mean, gauss
 
 
 def posterior_mean_shape(op, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt):
+    """Output shape of gm_posterior_mean (its 'eps' is checked by the caller, after the tensors)."""
     K, C, H, W = check_gm(op, means, logstds, logweights)
     for name, x in (("x_src", x_src), ("x_tgt", x_tgt)):
         check_like(op, name, x, "means", means)
@@ -213,15 +258,16 @@ def posterior_mean_shape(op, means, logstds, logweights, x_src, x_tgt, sigma_src
     for name, s in (("sigma_src", sigma_src), ("sigma_tgt", sigma_tgt)):
         check_acc_like(op, name, s, "means", means)
     batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
-                                 ("x_src", x_src, 3), ("x_tgt", x_tgt, 3), ("sigma_src", sigma_src, 0),
-                                 ("sigma_tgt", sigma_tgt, 0)])
+                                 ("x_src", x_src, 3), ("x_tgt", x_tgt, 3),
+                                 ("sigma_src", sigma_src, sigma_inner(sigma_src)),
+                                 ("sigma_tgt", sigma_tgt, sigma_inner(sigma_tgt))])
     return batch + [C, H, W]
 
 
 def check_gm1d(op: str, means: Tensor, logstds: Tensor, logweights: Tensor) -> tuple[int, int, int]:
     """Checks a 1-D GM operand set; returns (K, H, W)."""
     if not isinstance(means, Tensor):
-        fail(op, f"'means' must be a tensor; got {type(means).__name__}")
+        fail(op, f"'means' must be a tensor; got {_type_name(means)}")
     check_min_dim(op, "means", means, 3, GM1D_MEANS_LAYOUT)
     check_like(op, "means", means, "means", means)
     check_like(op, "logweights", logweights, "means", means)
@@ -257,9 +303,33 @@ def inverse_cdf_shape(op, means, logstds, logweights, scaled_cdfs, gaussian_samp
     return broadcast_batch(op, operands) + [N, H, W]
 
 
-def check_steps(op: str, n_steps: int) -> None:
-    if n_steps < 0:
-        fail(op, f"'n_steps' must be >= 0; got {n_steps}")
+def check_steps(op: str, n_steps) -> int:
+    """``n_steps`` as an int in ``[0, MAX_N_STEPS]`` (a float such as 2.5 is rejected, not truncated)."""
+    try:
+        steps = None if isinstance(n_steps, bool) else operator.index(n_steps)
+    except TypeError:
+        steps = None
+    if steps is None or not 0 <= steps <= MAX_N_STEPS:
+        fail(op, f"'n_steps' must be an integer in [0, {MAX_N_STEPS}]; got {n_steps!r}")
+    return steps
+
+
+def check_newton_scalars(op: str, n_steps: int, eps: float, max_step_size: float) -> None:
+    """The scalars of the Newton solvers (``gm1d_inverse_cdf``, ``gm_kr_inverse``)."""
+    check_steps(op, n_steps)
+    check_scalar(op, "eps", eps, FINITE_POSITIVE)
+    check_scalar(op, "max_step_size", max_step_size, POSITIVE)
+
+
+def sigma_inner(sigma: Tensor) -> int:
+    """A sigma is batch-only ``(...)``, or ``(..., 1, 1, 1)`` broadcasting against x ``(..., C, H, W)`` as
+    upstream GMFlow passes it: the trailing ``(1, 1, 1)`` then are not batch dims."""
+    return 3 if sigma.dim() >= 3 and tuple(sigma.shape[-3:]) == (1, 1, 1) else 0
+
+
+def batch_only_sigma(sigma: Tensor) -> Tensor:
+    """``sigma`` without its trailing ``(1, 1, 1)`` (see :func:`sigma_inner`)."""
+    return sigma.reshape(sigma.shape[: sigma.dim() - sigma_inner(sigma)])
 
 
 def check_rotation(op: str, rotation: Tensor, means: Tensor, C: int, H: int, W: int) -> None:
@@ -274,7 +344,7 @@ def check_rotation(op: str, rotation: Tensor, means: Tensor, C: int, H: int, W: 
 
 def resolve_n_axes(op: str, n_axes: int | None, C: int) -> int:
     if n_axes is None:
-        return C
+        n_axes = C  # all axes; still at least one (C = 0 is refused as the native kernels do)
     if not 1 <= n_axes <= C:
         fail(op, f"'n_axes' must be in [1, C={C}]; got {n_axes}")
     return n_axes
@@ -295,31 +365,34 @@ def kr_shapes(op, means, logstds, logweights, samples, samples_name, rotation, n
     return batch, N, C, H, W, A
 
 
-def kr_inverse_shape(op, means, logstds, logweights, gaussian_samples, rotation, uniforms, n_axes, n_steps):
+def kr_inverse_shape(op, means, logstds, logweights, gaussian_samples, rotation, uniforms, n_axes, n_steps,
+                     eps=1e-6, max_step_size=1.5):
     batch, N, C, H, W, A = kr_shapes(op, means, logstds, logweights, gaussian_samples, "gaussian_samples",
                                      rotation, n_axes)
-    check_steps(op, n_steps)
-    if A < C:
-        if uniforms is None:
-            fail(op, f"'uniforms' (..., N, 1, H, W) are required when n_axes={A} < C={C} (they choose the "
-                     "component of the remaining axes)")
+    if uniforms is not None:  # checked also when unused (n_axes == C)
         check_acc_like(op, "uniforms", uniforms, "means", means)
         check_min_dim(op, "uniforms", uniforms, 4, "(..., N, 1, H, W)")
         if tuple(uniforms.shape[-4:]) != (N, 1, H, W):
             fail(op, f"'uniforms' must have layout (..., N, 1, H, W) with N={N} taken from 'gaussian_samples' and "
                      f"H={H}, W={W}; got {_shape(uniforms)}")
+    if A < C:
+        if uniforms is None:
+            fail(op, f"'uniforms' (..., N, 1, H, W) are required when n_axes={A} < C={C} (they choose the "
+                     "component of the remaining axes)")
         batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
                                      ("gaussian_samples", gaussian_samples, 4), ("rotation", rotation, 4),
                                      ("uniforms", uniforms, 4)])
+    check_newton_scalars(op, n_steps, eps, max_step_size)
     return batch + [N, C, H, W]
 
 
-def kr_forward_shape(op, means, logstds, logweights, samples, rotation, n_axes):
+def kr_forward_shape(op, means, logstds, logweights, samples, rotation, n_axes, eps=1e-6):
     batch, N, C, H, W, A = kr_shapes(op, means, logstds, logweights, samples, "samples", rotation, n_axes)
+    check_scalar(op, "eps", eps, FINITE_POSITIVE)
     return batch + [N, A, H, W]
 
 
-def sample_shape(op, means, logstds, logweights, uniforms, normals):
+def sample_shape(op, means, logstds, logweights, uniforms, normals, gm_power=1.0, cov_sharpen=False):
     K, C, H, W = check_gm(op, means, logstds, logweights)
     check_acc_like(op, "uniforms", uniforms, "means", means)
     check_min_dim(op, "uniforms", uniforms, 4, "(..., N, 1, H, W)")
@@ -332,4 +405,5 @@ def sample_shape(op, means, logstds, logweights, uniforms, normals):
                  f"W={W} taken from 'means' {_shape(means)}; got {_shape(normals)}")
     batch = broadcast_batch(op, [("means", means, 4), ("logstds", logstds, 4), ("logweights", logweights, 4),
                                  ("uniforms", uniforms, 4), ("normals", normals, 4)])
+    check_scalar(op, "gm_power", gm_power, FINITE_POSITIVE if cov_sharpen else FINITE)
     return batch + [N, C, H, W]

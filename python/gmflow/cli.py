@@ -18,25 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def checkerboard(n: int, generator: torch.Generator, scale: float = 4.0) -> torch.Tensor:
-    """n points uniform on the 8 white squares of a 4x4 board spanning [-scale, scale]^2."""
-    cells = torch.tensor([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.float32)
-    pick = torch.randint(0, len(cells), (n,), generator=generator)
-    uv = torch.rand(n, 2, generator=generator)
-    return ((cells[pick] + uv) * 0.5 - 1.0) * scale
-
-
-def inside_white_squares(points: torch.Tensor, scale: float = 4.0) -> torch.Tensor:
-    cell = torch.floor((points / scale + 1.0) * 2.0)
-    inside = ((cell >= 0) & (cell <= 3)).all(dim=-1)
-    return inside & ((cell.sum(dim=-1) % 2) == 0)
+from gmflow import GMFlowInputError
+from gmflow.toy.data import Checkerboard
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -47,7 +37,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     backend = collect()["backends"]["gm_logprob"]["CPU"]
     print(f"gmflow demo: fitting a K={args.k} Gaussian mixture to the checkerboard (gm_logprob backend: {backend})")
-    data = checkerboard(args.points, generator).reshape(1, -1, 2, 1, 1)  # (batch, N, C, H, W)
+    board = Checkerboard()
+    data = board.sample(args.points, generator).reshape(1, -1, 2, 1, 1)  # (batch, N, C, H, W)
     means = (torch.rand(1, args.k, 2, 1, 1, generator=generator) * 8 - 4).requires_grad_()
     logstd = torch.full((1, 1, 1, 1, 1), -0.5, requires_grad=True)
     logits = torch.zeros(1, args.k, 1, 1, 1, requires_grad=True)
@@ -68,8 +59,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         gm = GaussianMixture(means, logstd, torch.log_softmax(logits, dim=-4))
         samples = ops.gm_to_sample(gm, n_samples=args.samples, generator=generator)[0, :, :, 0, 0]
-        inside = inside_white_squares(samples).float().mean().item()
-        data_inside = inside_white_squares(checkerboard(args.samples, generator)).float().mean().item()
+        inside = board.inside(samples).float().mean().item()
+        data_inside = board.inside(board.sample(args.samples, generator)).float().mean().item()
     summary = {
         "k": args.k,
         "steps": args.steps,
@@ -210,9 +201,6 @@ def guidance_scale(text: str) -> float:
     return value
 
 
-SOLVERS = ("gm-ode2", "gm-sde2", "gm-ode1", "gm-sde1")
-
-
 def add_sample_parser(sub) -> None:
     sample = sub.add_parser(
         "sample",
@@ -226,7 +214,7 @@ def add_sample_parser(sub) -> None:
                         "transformer/, spectrum_net/, scheduler/, vae/)")
     sample.add_argument("--labels", nargs="+", required=True,
                         help="ImageNet label names (any synonym in id2label, e.g. jay magpie) or class ids")
-    sample.add_argument("--solver", choices=SOLVERS, default="gm-ode2",
+    sample.add_argument("--solver", default="gm-ode2",
                         help="gm-ode2 (default): 2nd-order GM-ODE with analytic sub-steps; gm-sde2: 2nd-order GM-SDE "
                         "with spectral sampling; gm-ode1 / gm-sde1: first order")
     sample.add_argument("--steps", type=positive_int, default=32, help="network evaluations (default 32)")
@@ -250,7 +238,7 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
 
     import numpy as np
 
-    from gmflow.flow import FlowEulerODEScheduler, GMFlowSDEScheduler
+    from gmflow.flow import GM_SOLVERS, SUBSTEP_SOLVERS, SamplerSpec, parse_solver
     from gmflow.pipelines import GMDiTPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,21 +246,16 @@ def run_sample(args: argparse.Namespace) -> list[Path]:
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     else:
         dtype = getattr(torch, args.dtype)
-    sde, order = args.solver.startswith("gm-sde"), int(args.solver[-1])
-    if sde and args.substeps not in (None, 1):
-        raise ValueError("GM-SDE takes no sub-steps (--substeps 1)")
-    substeps = 1 if sde else (args.substeps or 4)
+    solver = parse_solver(args.solver, GM_SOLVERS, "--solver")
+    substeps = args.substeps if args.substeps is not None else (4 if solver in SUBSTEP_SOLVERS else 1)
+    spec = SamplerSpec(solver, args.steps, substeps, args.guidance, args.orthogonal_guidance)
     pipe = GMDiTPipeline.from_pretrained(args.checkpoint, variant=args.variant, torch_dtype=dtype, device=device)
     pipe.set_progress_bar_config(disable=args.no_progress)
-    scheduler_cls = GMFlowSDEScheduler if sde else FlowEulerODEScheduler
-    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     ids = pipe.get_label_ids(args.labels)
     print(f"gmflow sample: {args.solver}, {args.steps} steps x {substeps} sub-steps, guidance {args.guidance}, "
           f"seed {args.seed}, labels {ids}, {device} {str(dtype).replace('torch.', '')}")
     start = time.perf_counter()
-    out = pipe(ids, guidance_scale=args.guidance, num_inference_steps=args.steps, num_inference_substeps=substeps,
-               output_mode="sample" if sde else "mean", order=order, orthogonal_guidance=args.orthogonal_guidance,
-               generator=torch.Generator().manual_seed(args.seed), output_type="pil")
+    out = pipe(ids, sampler=spec, generator=torch.Generator().manual_seed(args.seed), output_type="pil")
     elapsed = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -364,7 +347,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(config.to_json())
         return 0
     summary = Trainer(config, resume=args.resume, validate=not args.no_validate).fit()
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         src = f" (resumed from {summary.resumed_from})" if summary.resumed_from else ""
         print(f"gmflow train: iterations {summary.start_iter} -> {summary.end_iter}{src}; work dir {summary.work_dir}")
     return 0
@@ -375,8 +358,8 @@ def add_evaluate_parser(sub) -> None:
         "evaluate",
         help="sweep GM solvers x guidance scales; FID / IS / precision / recall; resumable results table",
         description="Sample the deterministic 50K test set (label of item i from seed i, noise from seed i+1000) "
-        "with every setting of the sweep (default: the paper's 80: NFE/sub-steps 8/16 and 32/4, gmode2 and "
-        "gmsde2, 20 guidance scales), decode with the VAE, score against the reference statistics and write "
+        "with every setting of the sweep (default: the paper's 80: NFE/sub-steps 8/16 and 32/4, gm-ode2 and "
+        "gm-sde2, 20 guidance scales), decode with the VAE, score against the reference statistics and write "
         "OUT/results/<setting>.json, OUT/results.md, OUT/results.csv. Settings already done are skipped. Runs "
         "under torchrun (the items are sharded). Every file is local; nothing is downloaded.",
     )
@@ -388,8 +371,9 @@ def add_evaluate_parser(sub) -> None:
                    help="reference statistics: .pkl (mean, cov, real_feats_np), .npz or .pt")
     p.add_argument("--vae", type=Path, default=None, help="AutoencoderKL folder (default: the pipeline's vae/)")
     p.add_argument("--out", type=Path, default=Path("out/eval"), help="output directory (default out/eval)")
-    p.add_argument("--methods", nargs="+", choices=("gmode2", "gmsde2", "gmode1", "gmsde1"),
-                   default=["gmode2", "gmsde2"], help="solvers (default gmode2 gmsde2)")
+    p.add_argument("--solvers", "--methods", dest="solvers", nargs="+", default=["gm-ode2", "gm-sde2"],
+                   help="GM solvers: gm-ode2, gm-sde2, gm-ode1, gm-sde1 (default gm-ode2 gm-sde2); the results keep "
+                   "upstream's names, e.g. gmode2_g0.04_step16_sub8")
     p.add_argument("--nfe", nargs="+", default=["8:16", "32:4"], metavar="NFE:SUBSTEPS",
                    help="NFE and GM-ODE sub-steps pairs (default 8:16 32:4; GM-SDE uses 1 sub-step)")
     p.add_argument("--guidance", type=guidance_scale, nargs="+", default=None,
@@ -417,17 +401,40 @@ def _nfe_pair(text: str) -> tuple[int, int]:
     return pair
 
 
+def load_eval_model(checkpoint: str | os.PathLike, dtype: torch.dtype = torch.float32, device=None,
+                    vae_path: str | os.PathLike | None = None, use_ema: bool = True):
+    """``(transformer, spectrum_net | None, vae | None, id2label)`` from a pipeline folder or a training
+    checkpoint file (EMA weights unless ``use_ema=False``); ``vae_path`` overrides / supplies the VAE."""
+    from gmflow.data.cache import load_vae_for_caching
+    from gmflow.pipelines import GMDiTPipeline
+    from gmflow.train.checkpoint import load_checkpoint, trained_models
+
+    path = Path(checkpoint)
+    vae, id2label = None, {}
+    if path.is_dir():
+        pipe = GMDiTPipeline.from_pretrained(path, torch_dtype=dtype, device=device, load_vae=vae_path is None)
+        transformer, spectrum, vae, id2label = pipe.transformer, pipe.spectrum_net, pipe.vae, pipe.id2label
+    elif path.is_file():
+        transformer, spectrum, config = trained_models(load_checkpoint(path), use_ema, dtype, device)
+        vae_path = vae_path if vae_path is not None else config.get("vae_path") or None
+    else:
+        raise FileNotFoundError(f"{path}: neither a pipeline folder nor a training checkpoint file")
+    if vae_path is not None:
+        vae = load_vae_for_caching(vae_path, dtype, device)
+    return transformer, spectrum, vae, id2label
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from gmflow import distributed as gdist
     from gmflow.data.imagenet import read_class_names
     from gmflow.evaluation.metrics import InceptionFeatureNet, InceptionMetrics, load_reference_stats
-    from gmflow.evaluation.sweep import PAPER_GUIDANCE, load_eval_model, run_sweep, sweep_settings
+    from gmflow.evaluation.sweep import PAPER_GUIDANCE, run_sweep, sweep_settings
 
     info = gdist.init_distributed(args.device)
     try:
         dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
             torch.bfloat16 if info.device.type == "cuda" else torch.float32)
-        settings = sweep_settings(args.methods, [_nfe_pair(t) for t in args.nfe], args.guidance or PAPER_GUIDANCE)
+        settings = sweep_settings(args.solvers, [_nfe_pair(t) for t in args.nfe], args.guidance or PAPER_GUIDANCE)
         net = InceptionFeatureNet(args.inception, info.device)
         metrics = InceptionMetrics(net, load_reference_stats(args.reference, net))
         transformer, spectrum, vae, id2label = load_eval_model(args.checkpoint, dtype, info.device, args.vae)
@@ -468,35 +475,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_info(args: argparse.Namespace) -> int:
+    from gmflow.info import main as info_main
+
+    return info_main([])
+
+
+COMMANDS = {"toy": run_toy, "sample": run_sample, "cache-latents": run_cache_latents, "train": run_train,
+            "evaluate": run_evaluate, "demo": run_demo, "info": run_info}
+# errors besides GMFlowInputError that a command reports as one line (exit code 2) instead of a traceback
+REPORTED_ERRORS = {"sample": (ValueError,), "cache-latents": (ValueError, FileNotFoundError, ImportError),
+                   "train": (ValueError, FileNotFoundError, ImportError),
+                   "evaluate": (ValueError, FileNotFoundError, ImportError)}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; bad input (:class:`gmflow.GMFlowInputError`) is printed as one line, exit code 2."""
     args = build_parser().parse_args(argv)
-    if args.command == "toy":
-        run_toy(args)
-        return 0
-    if args.command == "sample":
-        from gmflow.pipelines import CheckpointError
-
-        try:
-            run_sample(args)
-        except (CheckpointError, ValueError) as exc:
-            print(f"gmflow sample: error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command in ("cache-latents", "train", "evaluate"):
-        run = {"cache-latents": run_cache_latents, "train": run_train, "evaluate": run_evaluate}[args.command]
-        try:
-            return run(args)
-        except (ValueError, FileNotFoundError, ImportError) as exc:
-            print(f"gmflow {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "demo":
-        run_demo(args)
-        return 0
-    if args.command == "info":
-        from gmflow.info import main as info_main
-
-        return info_main([])
-    return 2
+    try:
+        result = COMMANDS[args.command](args)
+    except (GMFlowInputError, *REPORTED_ERRORS.get(args.command, ())) as exc:
+        print(f"gmflow {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

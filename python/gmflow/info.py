@@ -16,17 +16,20 @@ import gmflow
 from gmflow import _library, _native
 
 
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def native_kernel_serves(op: str, device: torch.device | str) -> bool:
+    """Whether a native kernel (not the reference fallback) runs ``torch.ops.gmflow.<op>`` on ``device``."""
+    key = _DISPATCH_KEYS.get(torch.device(device).type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"{_library.NAMESPACE}::{op}", key)
+
+
 def backend_table() -> dict[str, dict[str, str]]:
     """op -> {device: "native" | "reference"} for the devices this torch supports."""
-    devices = ["CPU"] + (["CUDA"] if torch.version.cuda else [])
-    table = {}
-    for name in _library.SCHEMAS:
-        qualname = f"{_library.NAMESPACE}::{name}"
-        table[name] = {
-            d: "native" if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, d) else "reference"
-            for d in devices
-        }
-    return table
+    devices = ["cpu"] + (["cuda"] if torch.version.cuda else [])
+    return {name: {d.upper(): "native" if native_kernel_serves(name, d) else "reference" for d in devices}
+            for name in _library.SCHEMAS}
 
 
 def collect() -> dict:

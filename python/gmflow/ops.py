@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import config
+from . import _validation, config
 from ._validation import GMFlowInputError
 from .types import GaussianMixture, GaussianMixtureCov, IsoGaussian
 
@@ -335,8 +335,8 @@ def gm1d_inverse_cdf(
     no unrolling). Same semantics as :func:`gmflow.reference.gm1d.gm1d_inverse_cdf`.
     """
     _ref_gm1d._check_gm1d(gm1d)
-    if n_steps < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    _ref_gm1d._check_broadcast("gm1d_inverse_cdf", gm1d, scaled_cdfs, gaussian_samples)
+    n_steps = _validation.check_steps("gm1d_inverse_cdf", n_steps)
     means, logstds, logweights = gm1d
     tensors = [means, logstds, logweights, scaled_cdfs] + ([gaussian_samples] if gaussian_samples is not None else [])
     common = _ref_algebra._result_dtype(*tensors)  # mixed dtypes: computed in their promotion
@@ -350,7 +350,7 @@ def gm1d_inverse_cdf(
         if tensors[i].shape[-2:] != (H, W):
             tensors[i] = tensors[i].expand(*tensors[i].shape[:-2], H, W)
     g = tensors[4] if gaussian_samples is not None else None
-    x = torch.ops.gmflow.gm1d_inverse_cdf(*tensors[:4], g, int(n_steps), float(eps), float(max_step_size))
+    x = torch.ops.gmflow.gm1d_inverse_cdf(*tensors[:4], g, n_steps, float(eps), float(max_step_size))
     return x.to(_ref_algebra._result_dtype(means, scaled_cdfs))
 
 
@@ -436,12 +436,11 @@ def gaussian_samples_to_gm_samples(
     :func:`gmflow.reference.transport.gaussian_samples_to_gm_samples`.
     """
     setup = _kr_setup(gm, gaussian_samples, "gaussian_samples", n_axes, axis_aligned, rotation)
+    n_steps = _validation.check_steps("gaussian_samples_to_gm_samples", n_steps)
     if setup is None:
         return _ref_transport.gaussian_samples_to_gm_samples(
             gm, gaussian_samples, n_axes, n_steps, eps, max_step_size, axis_aligned, rotation, generator
         )
-    if n_steps < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
     gm_d, g, V, A, dtype, work = setup
     C = gm.means.shape[-3]
     if not axis_aligned:
@@ -451,7 +450,7 @@ def gaussian_samples_to_gm_samples(
         rest = torch.randn(*g.shape[:-3], C - A, *g.shape[-2:], generator=generator, dtype=work, device=g.device)
         g = torch.cat([g[..., :A, :, :], rest.to(g.dtype)], dim=-3)
         uniforms = torch.rand(*g.shape[:-3], 1, *g.shape[-2:], generator=generator, dtype=work, device=g.device)
-    x = torch.ops.gmflow.gm_kr_inverse(*gm_d, g, V, uniforms, A, int(n_steps), float(eps), float(max_step_size))
+    x = torch.ops.gmflow.gm_kr_inverse(*gm_d, g, V, uniforms, A, n_steps, float(eps), float(max_step_size))
     return x.to(dtype)
 
 
@@ -489,6 +488,12 @@ def gm_samples_to_gaussian_samples(
     return g.to(dtype)
 
 
+def _check_n_samples(op: str, n_samples) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise GMFlowInputError(f"{op}(): 'n_samples' must be a positive integer (the N of the samples' "
+                               f"(..., N, C, H, W) layout); got {n_samples!r}")
+
+
 def gm_to_sample(
     gm: GaussianMixture | GaussianMixtureCov,
     gm_power: float = 1.0,
@@ -504,8 +509,7 @@ def gm_to_sample(
     native ``gm_sample`` kernel. Covs layout, or gradients required: the reference
     (:func:`gmflow.reference.algebra.gm_to_sample`; same law, other random stream).
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    _check_n_samples("gm_to_sample", n_samples)
     if isinstance(gm, GaussianMixtureCov) or _needs_grad(*gm):
         return _ref_algebra.gm_to_sample(gm, gm_power, n_samples, cov_sharpen, generator)
     _ref_algebra._check_gm(gm)
@@ -535,9 +539,14 @@ def gm_sample(
     ``(samples, S)``. Every draw uses ``generator``.
     """
     _ref_algebra._check_gm(gm)
+    _check_n_samples("gm_sample", n_samples)
     if power_spectrum is None:
         return gm_to_sample(gm, n_samples=n_samples, generator=generator), None
     _ref_flow.check_power_spectrum(gm, power_spectrum)
+    if gm.means.shape[-2] * gm.means.shape[-1] == 0:
+        raise GMFlowInputError(f"gm_sample(): spectral sampling needs a non-empty pixel grid (H, W >= 1 in the GM's "
+                               f"(..., K, C, H, W) and the power spectrum's (..., C, H, W)); got means "
+                               f"{list(gm.means.shape)}")
     field, spectral = spectral_gaussian_field(power_spectrum, n_samples, generator)
     samples = gaussian_samples_to_gm_samples(gm, field, axis_aligned=True, generator=generator)
     return samples.to(gm.means.dtype), spectral

@@ -25,11 +25,16 @@ Shape conventions (``...`` = any number of leading batch dims):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
-__all__ = ["GaussianMixture", "IsoGaussian", "Gaussian", "GaussianMixtureCov", "GaussianMixture1D"]
+from ._validation import GMFlowInputError
+
+__all__ = ["GaussianMixture", "IsoGaussian", "Gaussian", "GaussianMixtureCov", "GaussianMixture1D",
+           "check_iso_gaussian"]
+
+ISO_GAUSSIAN_LAYOUT = "mean (..., C, H, W), var (..., 1, H, W) or (..., 1, 1, 1)"
 
 
 class GaussianMixture(NamedTuple):
@@ -79,6 +84,26 @@ class IsoGaussian(NamedTuple):
 
     def to(self, *args, **kwargs) -> "IsoGaussian":
         return self.map(lambda t: t.to(*args, **kwargs))
+
+
+def _describe(value: Any) -> str:
+    return f"shape {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def check_iso_gaussian(where: str, name: str, gaussian: Any) -> None:
+    """Raises :class:`gmflow.GMFlowInputError` naming ``where`` and ``name`` unless ``gaussian`` is an
+    :class:`IsoGaussian` of tensors in its layout (the containers themselves accept anything, as pytrees must)."""
+    if not isinstance(gaussian, IsoGaussian):
+        raise GMFlowInputError(f"{where}: '{name}' must be an IsoGaussian ({ISO_GAUSSIAN_LAYOUT}); "
+                               f"got {type(gaussian).__name__}")
+    mean, var = gaussian
+    for field, value in (("mean", mean), ("var", var)):
+        if not isinstance(value, Tensor) or value.dim() < 3:
+            raise GMFlowInputError(f"{where}: '{name}.{field}' must be a tensor of the layout {ISO_GAUSSIAN_LAYOUT}; "
+                                   f"got {_describe(value)}")
+    if var.shape[-3] != 1 or var.shape[-2:] not in ((1, 1), mean.shape[-2:]):
+        raise GMFlowInputError(f"{where}: '{name}' must have the layout {ISO_GAUSSIAN_LAYOUT}; got mean "
+                               f"{list(mean.shape)}, var {list(var.shape)}")
 
 
 class Gaussian(NamedTuple):

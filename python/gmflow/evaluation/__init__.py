@@ -4,7 +4,7 @@
 ``metrics``            ``frechet_distance``, ``inception_score``, ``precision_recall`` (k-NN,
                        k = 3), ``InceptionFeatureNet`` (local TorchScript Inception-v3),
                        ``InceptionMetrics``, ``ReferenceStats`` / ``load_reference_stats``
-``sampling``           ``EvalSetting`` (gmode2 / gmsde2, NFE, sub-steps, guidance), the
+``sampling``           ``EvalSetting`` (the ``SamplerSpec`` of a GM solver, NFE, sub-steps, guidance), the
                        deterministic per-item test set, ``evaluate_setting``
 ``sweep``              ``run_sweep``: the §3.7 grid, resumable, a results table
 =====================  =====================================================================
@@ -23,10 +23,9 @@ from .metrics import (
     precision_recall,
     save_reference_stats,
 )
-from .sampling import METHODS, EvalSetting, decode_latents, evaluate_setting, item_labels, item_noise, sample_latents
+from .sampling import EvalSetting, decode_latents, evaluate_setting, item_labels, item_noise, sample_latents
 
 __all__ = [
-    "METHODS",
     "EvalSetting",
     "InceptionFeatureNet",
     "InceptionMetrics",

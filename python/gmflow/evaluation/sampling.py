@@ -6,9 +6,10 @@ initial noise ``randn(C, H, W)`` from a generator seeded with ``i + 1000`` (the 
 ``r`` of ``W`` samples the items ``r, r + W, ...`` in batches. GM-SDE's in-loop draws come from a
 generator seeded per batch with ``seed`` and the batch's first item.
 
-:class:`EvalSetting` names one sampler configuration (``gmode2`` = GM-ODE 2, ``gmsde2`` = GM-SDE 2, and
-the first-order ``gmode1`` / ``gmsde1``) at an NFE, sub-step count and guidance scale;
-:func:`evaluate_setting` samples, decodes with the VAE, feeds :class:`InceptionMetrics` and saves PNGs.
+:class:`EvalSetting` is the :class:`gmflow.flow.SamplerSpec` of one GM solver (``gm-ode2``, ``gm-sde2``,
+``gm-ode1``, ``gm-sde1``) at an NFE, sub-step count and guidance scale; on disk it keeps upstream's names
+(``gmode2_g0.04_step16_sub8``). :func:`evaluate_setting` samples, decodes with the VAE, feeds
+:class:`InceptionMetrics` and saves PNGs.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gmflow.flow.sampling import gmflow_sample
-from gmflow.flow.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
+from gmflow.flow.spec import GM_SOLVERS, SamplerSpec, parse_solver
 
 __all__ = [
-    "METHODS",
     "EvalSetting",
     "decode_latents",
     "evaluate_setting",
@@ -38,38 +37,26 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("gmode2", "gmsde2", "gmode1", "gmsde1")
-
-
 @dataclass(frozen=True)
-class EvalSetting:
-    """One sampler configuration. ``method`` in :data:`METHODS`; ``substeps`` must be 1 for GM-SDE."""
+class EvalSetting(SamplerSpec):
+    """The :class:`SamplerSpec` of one evaluation setting: a GM solver (:data:`gmflow.flow.GM_SOLVERS`),
+    shift 1 unless given; ``substeps`` must be 1 for GM-SDE."""
 
-    method: str = "gmode2"
+    solver: str = "gm-ode2"
     nfe: int = 16
     substeps: int = 8
     guidance: float = 0.04
-    orthogonal_guidance: float = 1.0
-    shift: float = 1.0
-    gm2_coefs: tuple[float, float] = (0.005, 1.0)
+    shift: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.nfe < 1 or self.substeps < 1:
-            raise ValueError(f"nfe and substeps must be positive, got {self.nfe}, {self.substeps}")
-        if self.sde and self.substeps != 1:
-            raise ValueError(f"{self.method} takes no sub-steps (substeps=1), got {self.substeps}")
-        if not 0 <= self.guidance < 1:
-            raise ValueError(f"guidance must lie in [0, 1), got {self.guidance}")
+        parse_solver(self.solver, GM_SOLVERS)
+        super().__post_init__()
 
     @property
-    def sde(self) -> bool:
-        return self.method.startswith("gmsde")
-
-    @property
-    def order(self) -> int:
-        return int(self.method[-1])
+    def method(self) -> str:
+        """Upstream's label of the solver (``gmode2`` for ``gm-ode2``): the stored form, used in
+        :attr:`name`, the ``method`` column of the results tables and the validation metric keys."""
+        return self.solver.replace("-", "")
 
     @property
     def name(self) -> str:
@@ -108,14 +95,7 @@ def sample_latents(transformer: nn.Module, labels: Tensor, noise: Tensor, settin
             gm = transformer(x.to(dtype), t, model_labels)
         return gm.map(lambda v: v.float())
 
-    scheduler = (GMFlowSDEScheduler(shift=setting.shift, output_mode="sample") if setting.sde
-                 else FlowEulerODEScheduler(shift=setting.shift))
-    return gmflow_sample(
-        model, noise.float(), setting.nfe, output_mode="sample" if setting.sde else "mean", order=setting.order,
-        num_substeps=setting.substeps, guidance_scale=setting.guidance,
-        orthogonal_guidance=setting.orthogonal_guidance, scheduler=scheduler, gm2_coefs=setting.gm2_coefs,
-        spectrum_net=spectrum_net if setting.sde else None, generator=generator, cond_first=True,
-    ).samples
+    return setting.sample(model, noise.float(), generator, spectrum_net=spectrum_net, cond_first=True)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """The evaluation sweep of ``gmflow evaluate`` (MODELS_AND_TRAINING.md §3.7, §7.7).
 
-The paper's grid is ``(NFE, sub-steps) in {(8, 16), (32, 4)} x {gmode2, gmsde2} x`` 20 guidance scales
+The paper's grid is ``(NFE, sub-steps) in {(8, 16), (32, 4)} x {gm-ode2, gm-sde2} x`` 20 guidance scales
 (80 settings; GM-SDE always takes one sub-step). Each setting samples the same deterministic test set
 (see :mod:`gmflow.evaluation.sampling`), scores it, and writes ``<out>/results/<setting>.json``
 atomically; a setting whose result file exists (for the same number of samples) is skipped, so an
@@ -9,8 +9,8 @@ interrupted sweep is resumed by running the same command again. Sample PNGs go t
 every setting, rank 0 rewrites the tables ``<out>/results.md`` and ``<out>/results.csv`` (and appends to
 ``<out>/eval_log.txt``).
 
-Models come from a pipeline folder (``model_index.json`` layout, :class:`gmflow.pipelines.GMDiTPipeline`)
-or a training checkpoint ``iter_N.pth`` (its EMA weights, ``diffusion_ema.*``).
+The sweep takes the networks as objects: ``gmflow evaluate`` loads them from a pipeline folder or a
+training checkpoint (:func:`gmflow.cli.load_eval_model`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import torch
 
 from gmflow import distributed as gdist
 
+from gmflow.flow.spec import GM_SOLVERS, SUBSTEP_SOLVERS, parse_solver
+
 from .metrics import InceptionMetrics
 from .sampling import EvalSetting, evaluate_setting
 
 __all__ = [
     "PAPER_GUIDANCE",
     "PAPER_NFE_SUBSTEPS",
-    "load_eval_model",
     "run_sweep",
     "sweep_settings",
     "write_tables",
@@ -51,57 +52,19 @@ TABLE_COLUMNS = ("setting", "method", "nfe", "substeps", "guidance", "num_sample
                  "seconds")
 
 
-def sweep_settings(methods: Sequence[str] = ("gmode2", "gmsde2"),
+def sweep_settings(solvers: Sequence[str] = ("gm-ode2", "gm-sde2"),
                    nfe_substeps: Sequence[tuple[int, int]] = PAPER_NFE_SUBSTEPS,
                    guidance: Sequence[float] = PAPER_GUIDANCE) -> list[EvalSetting]:
-    """The grid in upstream order: for each (NFE, sub-steps), each method, each guidance scale."""
+    """The grid in upstream order: for each (NFE, sub-steps), each solver, each guidance scale (GM-SDE
+    always takes one sub-step)."""
+    solvers = [parse_solver(name, GM_SOLVERS, "solvers") for name in solvers]
     out = []
     for nfe, sub in nfe_substeps:
-        for method in methods:
+        for solver in solvers:
             for w in guidance:
-                out.append(EvalSetting(method, int(nfe), 1 if method.startswith("gmsde") else int(sub), float(w)))
+                substeps = int(sub) if solver in SUBSTEP_SOLVERS else 1
+                out.append(EvalSetting(solver, int(nfe), substeps, float(w)))
     return out
-
-
-def load_eval_model(checkpoint: str | os.PathLike, dtype: torch.dtype = torch.float32, device=None,
-                    vae_path: str | os.PathLike | None = None, use_ema: bool = True):
-    """``(transformer, spectrum_net | None, vae | None, id2label)`` from a pipeline folder or a training
-    checkpoint (EMA weights unless ``use_ema=False``); ``vae_path`` overrides / supplies the VAE."""
-    from gmflow.models import GMDiT, SpectrumMLP
-
-    path = Path(checkpoint)
-    vae, id2label = None, {}
-    if path.is_dir():
-        from gmflow.pipelines import GMDiTPipeline
-
-        pipe = GMDiTPipeline.from_pretrained(path, torch_dtype=dtype, device=device, load_vae=vae_path is None)
-        transformer, spectrum, vae, id2label = pipe.transformer, pipe.spectrum_net, pipe.vae, pipe.id2label
-    elif path.is_file():
-        from gmflow.train.checkpoint import load_checkpoint
-
-        state = load_checkpoint(path)
-        cfg = state["meta"]["config"]
-        sd = state["state_dict"]
-        prefix = "diffusion_ema." if use_ema and any(k.startswith("diffusion_ema.") for k in sd) else "diffusion."
-        transformer = GMDiT(dict(cfg["model"]))
-        transformer.load_state_dict({k[len(prefix + "denoising."):]: v for k, v in sd.items()
-                                     if k.startswith(prefix + "denoising.")})
-        spectrum = None
-        if cfg.get("spectrum_net"):
-            spectrum = SpectrumMLP.from_config(cfg["spectrum_net"])
-            spectrum.load_state_dict({k[len(prefix + "spectrum_net."):]: v for k, v in sd.items()
-                                      if k.startswith(prefix + "spectrum_net.")})
-        transformer = transformer.to(device=device, dtype=dtype).eval()
-        spectrum = spectrum.to(device=device, dtype=dtype).eval() if spectrum is not None else None
-        if vae_path is None and cfg.get("vae_path"):
-            vae_path = cfg["vae_path"]
-    else:
-        raise FileNotFoundError(f"{path}: neither a pipeline folder nor a training checkpoint file")
-    if vae_path is not None:
-        from gmflow.data.cache import load_vae_for_caching
-
-        vae = load_vae_for_caching(vae_path, dtype, device)
-    return transformer, spectrum, vae, id2label
 
 
 def _fmt(v) -> str:

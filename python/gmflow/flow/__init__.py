@@ -6,6 +6,8 @@
 ``schedulers``         ``FlowEulerODEScheduler``, ``GMFlowSDEScheduler`` (diffusers API, §7)
 ``guidance``           probabilistic guidance, second-order GM solver (§5)
 ``sampling``           the GM-SDE / GM-ODE loop (§8), flow-matching Euler / Heun baselines
+``spec``               ``SamplerSpec``: one solver vocabulary (gm-ode2, gm-sde2, ..., fm-euler)
+                       and its settings, shared by the CLI, the toy, evaluation and the pipeline
 =====================  =================================================================
 """
 
@@ -22,15 +24,20 @@ from .sampling import (
 )
 from .schedule import NUM_TIMESTEPS, TimestepSampler, flow_sigmas, unwarp_shift, warp_shift
 from .schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler, SchedulerOutput
+from .spec import GM_SOLVERS, SOLVERS, SUBSTEP_SOLVERS, SamplerSpec, parse_solver, upgrade_solver
 
 __all__ = [
+    "GM_SOLVERS",
     "NUM_TIMESTEPS",
+    "SOLVERS",
+    "SUBSTEP_SOLVERS",
     "FlowEulerODEScheduler",
     "GMFlowSDEScheduler",
     "GMSecondOrderSolver",
     "GuidanceOutput",
     "GuidedGM",
     "Intermediate",
+    "SamplerSpec",
     "SamplingOutput",
     "SchedulerOutput",
     "TimestepSampler",
@@ -43,10 +50,12 @@ __all__ = [
     "gm_ode_substeps",
     "gmflow_sample",
     "guide_gm",
+    "parse_solver",
     "probabilistic_guidance",
     "spectral_loss",
     "transition_loss",
     "transition_pair",
     "unwarp_shift",
+    "upgrade_solver",
     "warp_shift",
 ]

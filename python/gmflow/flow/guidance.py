@@ -21,8 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from gmflow import ops
-from gmflow.types import GaussianMixture, IsoGaussian
+from gmflow import GMFlowInputError, ops
+from gmflow.types import GaussianMixture, IsoGaussian, check_iso_gaussian
 
 from .schedule import NUM_TIMESTEPS
 
@@ -65,9 +65,9 @@ def probabilistic_guidance(
     """
     w = _as_scale(w, cond_mean)
     if bool((w < 0).any()) or bool((w >= 1).any()):
-        raise ValueError("guidance scale w must lie in [0, 1) (w >= 1 makes the guided variance non-positive)")
+        raise GMFlowInputError("guidance scale w must lie in [0, 1) (w >= 1 makes the guided variance non-positive)")
     if not 0 <= orthogonal <= 1:
-        raise ValueError(f"orthogonal must be in [0, 1], got {orthogonal}")
+        raise GMFlowInputError(f"orthogonal must be in [0, 1], got {orthogonal}")
     bias = cond_mean - uncond_mean
     if orthogonal > 0:
         axis = cond_mean if orthogonal_axis is None else orthogonal_axis
@@ -134,7 +134,7 @@ class GMSecondOrderSolver:
         num_timesteps: float = NUM_TIMESTEPS,
     ) -> None:
         if correction_steps < 0:
-            raise ValueError(f"correction_steps must be >= 0, got {correction_steps}")
+            raise GMFlowInputError(f"correction_steps must be >= 0, got {correction_steps}")
         self.ca = float(ca)
         self.cb = float(cb)
         self.correction_steps = int(correction_steps)
@@ -163,6 +163,9 @@ class GMSecondOrderSolver:
         Without guidance pass only the first five arguments; with guidance pass ``w`` and the
         :class:`GuidedGM` fields ``gm_cond``, ``gaussian_cond``, ``avg_var``, ``cfg_bias`` (= ``bias``).
         """
+        check_iso_gaussian("GMSecondOrderSolver()", "gaussian_output", gaussian_output)
+        if gaussian_cond is not None:
+            check_iso_gaussian("GMSecondOrderSolver()", "gaussian_cond", gaussian_cond)
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
         h = torch.as_tensor(h, dtype=x_t.dtype, device=x_t.device)
         prev = self.state
@@ -177,7 +180,7 @@ class GMSecondOrderSolver:
     def _correct(self, prev, gm_output, gaussian_output, x_t, t, h, w, gm_cond, gaussian_cond, avg_var, cfg_bias):
         if cfg_bias is not None:
             if gm_cond is None or gaussian_cond is None or avg_var is None:
-                raise ValueError("with cfg_bias, gm_cond, gaussian_cond and avg_var must be given too")
+                raise GMFlowInputError("with cfg_bias, gm_cond, gaussian_cond and avg_var must be given too")
             m_now = ops.gm_to_mean(gm_output)
             base_gaussian, base_gm, v_bar = gaussian_cond, gm_cond, avg_var
         else:

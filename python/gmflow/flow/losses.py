@@ -20,17 +20,29 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from gmflow import ops
+from gmflow import GMFlowInputError, ops
 from gmflow.types import GaussianMixture, IsoGaussian
 
 from .schedule import NUM_TIMESTEPS, TimestepSampler
 
-__all__ = ["TransitionLossOutput", "gm_nll_loss", "spectral_loss", "transition_loss", "transition_pair"]
+__all__ = ["TransitionLossOutput", "gm_nll_loss", "gm_nll_per_sample", "spectral_loss", "transition_loss",
+           "transition_pair"]
 
 
 def _bcast(t: Tensor, ref: Tensor) -> Tensor:
     """``(B,)`` -> ``(B, 1, ..., 1)`` against ``ref``."""
     return t.reshape(*t.shape, *([1] * (ref.dim() - t.dim())))
+
+
+def gm_nll_per_sample(gm: GaussianMixture, target: Tensor) -> Tensor:
+    """``mean_{h,w} ( -log p_gm(target) / C )`` per sample, ``(B,)``, for ``target (B, C, H, W)``."""
+    if target.dim() < 4:
+        raise GMFlowInputError(f"target must have shape (B, C, H, W), got {tuple(target.shape)}")
+    C = gm.means.shape[-3]
+    if target.shape[-3] != C:
+        raise GMFlowInputError(f"target has {target.shape[-3]} channels but the GM has C={C}")
+    logp = ops.gm_logprob(gm, target.unsqueeze(-4)).squeeze(-3)  # (B, H, W)
+    return (-logp / C).flatten(1).mean(dim=1)
 
 
 def gm_nll_loss(gm: GaussianMixture, target: Tensor, scale: float = 1.0) -> Tensor:
@@ -40,14 +52,7 @@ def gm_nll_loss(gm: GaussianMixture, target: Tensor, scale: float = 1.0) -> Tens
     no division by C and an inverse-std cap of 1e4); gradients are those of the original times
     ``scale / C``. Differentiable w.r.t. the GM.
     """
-    if target.dim() < 4:
-        raise ValueError(f"target must have shape (B, C, H, W), got {tuple(target.shape)}")
-    C = gm.means.shape[-3]
-    if target.shape[-3] != C:
-        raise ValueError(f"target has {target.shape[-3]} channels but the GM has C={C}")
-    logp = ops.gm_logprob(gm, target.unsqueeze(-4)).squeeze(-3)  # (B, H, W)
-    per_sample = (-logp / C).flatten(1).mean(dim=1)
-    return (scale * per_sample).mean()
+    return (scale * gm_nll_per_sample(gm, target)).mean()
 
 
 def transition_pair(
@@ -66,7 +71,7 @@ def transition_pair(
     Draw order: times, then ``n_0``, then ``n_1`` (all from ``generator``).
     """
     if not 0 < trans_ratio <= 1:
-        raise ValueError(f"trans_ratio must be in (0, 1], got {trans_ratio}")
+        raise GMFlowInputError(f"trans_ratio must be in (0, 1], got {trans_ratio}")
     sampler = timestep_sampler or TimestepSampler(num_timesteps=num_timesteps)
     B = x_0.shape[0]
     work = torch.float64 if x_0.dtype == torch.float64 else torch.float32
@@ -87,6 +92,7 @@ class TransitionLossOutput(NamedTuple):
     x_high: Tensor
     t_low: Tensor
     t_high: Tensor
+    per_sample: Tensor  # (B,) scale * the NLL of each sample; loss = per_sample.mean()
 
 
 def transition_loss(
@@ -108,8 +114,8 @@ def transition_loss(
     gm_u = model(x_high.to(x_0.dtype), t_high.to(x_0.dtype))
     gm_u = gm_u.map(lambda v: v.to(x_low.dtype))
     gm_low = ops.reverse_transition(gm_u, x_high, t_low, t_high, prediction_type="u", num_timesteps=num_timesteps)
-    loss = gm_nll_loss(gm_low, x_low, scale)
-    return TransitionLossOutput(loss, gm_u, x_low, x_high, t_low, t_high)
+    per_sample = scale * gm_nll_per_sample(gm_low, x_low)
+    return TransitionLossOutput(per_sample.mean(), gm_u, x_low, x_high, t_low, t_high, per_sample)
 
 
 def spectral_loss(

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gmflow import ops
+from gmflow import GMFlowInputError, ops
+from gmflow.info import native_kernel_serves
 from gmflow.types import GaussianMixture, IsoGaussian
 
 from .guidance import GMSecondOrderSolver, guide_gm
@@ -75,18 +76,24 @@ def _points_as_pixels(v: Tensor) -> Tensor:
     return v.squeeze(-1).squeeze(-1).movedim(0, -1).unsqueeze(-1).contiguous()
 
 
-def _posterior_mean(gm: GaussianMixture, x: Tensor, x_src: Tensor, t: Tensor, t_src: Tensor, T: float) -> Tensor:
-    """``gm_posterior_mean`` of the GM-ODE sub-steps. While the op runs the pure-PyTorch reference,
-    1x1 data with a per-sample std is laid out as the pixels of one image (the op is per pixel, so
-    this is exact): the elementwise work then runs over long contiguous rows instead of C = 2 wide
-    ones (~5x faster on a CPU for the toy). A native kernel gets the original layout."""
+def _posterior_mean_as_pixels(gm: GaussianMixture, x: Tensor, x_src: Tensor, t: Tensor, t_src: Tensor,
+                              T: float) -> Tensor:
+    """``gm_posterior_mean`` of a batch of 1x1 points with a per-sample std, computed as the pixels of one
+    image. The op is per pixel, so this is exact; the reference then runs its elementwise work over long
+    contiguous rows instead of C = 2 wide ones (~5x faster on a CPU for the toy)."""
     B = x.shape[0]
-    reference = "gm_posterior_mean" not in ops.NATIVE_OPS
-    if reference and x.shape[-2:] == (1, 1) and gm.logstds.shape[-4] == 1 and gm.means.shape[0] == B:
-        gm_px = GaussianMixture(*(_points_as_pixels(v.expand(B, *v.shape[1:])) for v in gm))
-        mean = ops.gm_posterior_mean(gm_px, _points_as_pixels(x), _points_as_pixels(x_src), t=t, t_src=t_src,
-                                     num_timesteps=T)
-        return mean.squeeze(-1).movedim(-1, 0).unsqueeze(-1).unsqueeze(-1)
+    gm_px = GaussianMixture(*(_points_as_pixels(v.expand(B, *v.shape[1:])) for v in gm))
+    mean = ops.gm_posterior_mean(gm_px, _points_as_pixels(x), _points_as_pixels(x_src), t=t, t_src=t_src,
+                                 num_timesteps=T)
+    return mean.squeeze(-1).movedim(-1, 0).unsqueeze(-1).unsqueeze(-1)
+
+
+def _posterior_mean(gm: GaussianMixture, x: Tensor, x_src: Tensor, t: Tensor, t_src: Tensor, T: float) -> Tensor:
+    """``gm_posterior_mean`` of the GM-ODE sub-steps: a native kernel gets the original layout; where the
+    op runs the reference, 1x1 points take :func:`_posterior_mean_as_pixels`."""
+    points = x.shape[-2:] == (1, 1) and gm.logstds.shape[-4] == 1 and gm.means.shape[0] == x.shape[0]
+    if points and not native_kernel_serves("gm_posterior_mean", x.device):
+        return _posterior_mean_as_pixels(gm, x, x_src, t, t_src, T)
     return ops.gm_posterior_mean(gm, x, x_src, t=t, t_src=t_src, num_timesteps=T)
 
 
@@ -95,10 +102,12 @@ def _batch_time(t: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
 
 
 def _check_common(noise: Tensor, num_steps: int) -> None:
+    if not isinstance(noise, Tensor):
+        raise GMFlowInputError(f"noise must be a tensor of shape (B, C, H, W), got {type(noise).__name__}")
     if noise.dim() != 4:
-        raise ValueError(f"noise must have shape (B, C, H, W), got {tuple(noise.shape)}")
+        raise GMFlowInputError(f"noise must have shape (B, C, H, W), got {tuple(noise.shape)}")
     if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        raise GMFlowInputError(f"num_steps must be a positive integer, got {num_steps!r}")
 
 
 @torch.no_grad()
@@ -136,17 +145,20 @@ def gmflow_sample(
     """
     _check_common(noise, num_steps)
     if output_mode not in ("mean", "sample"):
-        raise ValueError(f"output_mode must be 'mean' or 'sample', got {output_mode!r}")
+        raise GMFlowInputError(f"output_mode must be 'mean' or 'sample', got {output_mode!r}")
     if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
+        raise GMFlowInputError(f"order must be 1 or 2, got {order!r}")
     if not isinstance(num_substeps, int) or num_substeps < 1:
-        raise ValueError(f"num_substeps must be a positive integer, got {num_substeps!r}")
+        raise GMFlowInputError(f"num_substeps must be a positive integer, got {num_substeps!r}")
     if num_substeps > 1 and output_mode != "mean":
-        raise ValueError("num_substeps > 1 (GM-ODE sub-steps) requires output_mode='mean'")
+        raise GMFlowInputError("num_substeps > 1 (GM-ODE sub-steps) requires output_mode='mean'")
+    if spectrum_net is not None and output_mode == "sample" and noise.shape[-2] * noise.shape[-1] == 0:
+        raise GMFlowInputError(f"gmflow_sample(): spectral sampling needs a non-empty pixel grid: 'noise' must have "
+                               f"shape (B, C, H, W) with H, W >= 1, got {tuple(noise.shape)}")
     w = torch.as_tensor(guidance_scale, dtype=torch.float32)
     guided = bool((w > 0).any())
     if bool((w < 0).any()) or bool((w >= 1).any()):
-        raise ValueError("guidance_scale must lie in [0, 1)")
+        raise GMFlowInputError("guidance_scale must lie in [0, 1)")
     if scheduler is None:
         scheduler = (
             GMFlowSDEScheduler(shift=shift, output_mode="sample")
@@ -197,10 +209,7 @@ def gmflow_sample(
             else:
                 t_j = timesteps[i * S + j]
                 x0 = _posterior_mean(gm, x, x_base, t_j, t_base, T)
-            if isinstance(scheduler, GMFlowSDEScheduler):
-                x = scheduler.step(x0, t_j, x, generator=generator, prediction_type="x0").prev_sample
-            else:
-                x = scheduler.step(x0, t_j, x, prediction_type="x0").prev_sample
+            x = scheduler.step(x0, t_j, x, generator=generator, prediction_type="x0").prev_sample
     return SamplingOutput(x.to(dtype), intermediates)
 
 

@@ -15,6 +15,9 @@ import math
 import torch
 from torch import Tensor
 
+from gmflow import GMFlowInputError
+
+
 __all__ = [
     "NUM_TIMESTEPS",
     "TimestepSampler",
@@ -28,7 +31,7 @@ NUM_TIMESTEPS = 1000.0
 
 def _check_shift(shift: float) -> None:
     if not shift > 0 or not math.isfinite(shift):
-        raise ValueError(f"shift must be a positive finite number, got {shift}")
+        raise GMFlowInputError(f"shift must be a positive finite number, got {shift}")
 
 
 def warp_shift(raw, shift: float = 1.0):
@@ -55,7 +58,7 @@ def flow_sigmas(
     0 is appended: ``sigmas[0] = 1`` for every shift, ``sigmas[-1] = 0``, strictly decreasing.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        raise GMFlowInputError(f"num_steps must be a positive integer, got {num_steps!r}")
     raw = 1 - torch.arange(num_steps, dtype=torch.float64) / num_steps
     sigmas = warp_shift(raw, shift)
     sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
@@ -80,7 +83,7 @@ class TimestepSampler:
     ) -> None:
         _check_shift(shift)
         if logit_normal and not logit_normal_std > 0:
-            raise ValueError(f"logit_normal_std must be positive, got {logit_normal_std}")
+            raise GMFlowInputError(f"logit_normal_std must be positive, got {logit_normal_std}")
         self.shift = float(shift)
         self.logit_normal = bool(logit_normal)
         self.logit_normal_mean = float(logit_normal_mean)

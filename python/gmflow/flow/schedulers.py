@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from gmflow import GMFlowInputError
+
 from .schedule import NUM_TIMESTEPS, flow_sigmas
 
 __all__ = ["FlowEulerODEScheduler", "GMFlowSDEScheduler", "SchedulerOutput"]
@@ -126,7 +128,7 @@ class _FlowScheduler:
         if self.timesteps is None:
             raise RuntimeError(f"{type(self).__name__}: call set_timesteps() before step()")
         if isinstance(timestep, int) or (isinstance(timestep, Tensor) and not timestep.is_floating_point()):
-            raise ValueError(
+            raise GMFlowInputError(
                 "step() takes the continuous float timestep from scheduler.timesteps, not an integer index"
             )
         if self._step_index is None:
@@ -143,7 +145,36 @@ class _FlowScheduler:
 
     def _check_prediction_type(self, prediction_type: str) -> None:
         if prediction_type not in self._PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {self._PREDICTION_TYPES}, got {prediction_type!r}")
+            raise GMFlowInputError(f"prediction_type must be one of {self._PREDICTION_TYPES}, got {prediction_type!r}")
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+        prediction_type: str = "u",
+        return_dict: bool = True,
+        **options: Any,
+    ):
+        """One step ``sigma_k -> sigma_{k+1}``, the same call for every scheduler: ``model_output`` is a
+        velocity (``prediction_type='u'``) or an x0 estimate (``'x0'``); a stochastic scheduler draws its
+        noise from ``generator`` (a deterministic one ignores it); ``options`` are the scheduler's own
+        keywords. Returns :class:`SchedulerOutput` (or a tuple with ``return_dict=False``)."""
+        self._check_prediction_type(prediction_type)
+        sigma, sigma_next = self._begin_step(timestep)
+        work = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        x, out = sample.to(work), model_output.to(work)
+        x0 = x - sigma.to(work) * out if prediction_type == "u" else out
+        prev = self._advance(x, out, x0, sigma.to(work), sigma_next.to(work), prediction_type, generator, **options)
+        self._end_step()
+        result = SchedulerOutput(prev.to(sample.dtype), x0.to(sample.dtype))
+        return result if return_dict else tuple(result)
+
+    def _advance(self, x: Tensor, out: Tensor, x0: Tensor, sigma: Tensor, sigma_next: Tensor, prediction_type: str,
+                 generator: torch.Generator | None) -> Tensor:
+        """The state at ``sigma_next`` (in the work dtype) from ``x`` at ``sigma``."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return int(self.num_train_timesteps)
@@ -165,31 +196,11 @@ class FlowEulerODEScheduler(_FlowScheduler):
         super().__init__(num_train_timesteps=float(num_train_timesteps), shift=float(shift))
         flow_sigmas(1, shift)  # validates shift
 
-    def step(
-        self,
-        model_output: Tensor,
-        timestep,
-        sample: Tensor,
-        prediction_type: str = "u",
-        generator: torch.Generator | None = None,
-        return_dict: bool = True,
-    ):
-        """One Euler step ``sigma_k -> sigma_{k+1}``; returns :class:`SchedulerOutput` (or a tuple)."""
-        self._check_prediction_type(prediction_type)
-        sigma, sigma_next = self._begin_step(timestep)
-        work = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        x, out = sample.to(work), model_output.to(work)
-        sigma, sigma_next = sigma.to(work), sigma_next.to(work)
-        if prediction_type == "u":
-            derivative = out
-            x0 = x - sigma * out
-        else:
-            derivative = (x - out) / sigma
-            x0 = out
-        prev = x0 if (prediction_type == "x0" and float(sigma_next) == 0.0) else x + derivative * (sigma_next - sigma)
-        self._end_step()
-        result = SchedulerOutput(prev.to(sample.dtype), x0.to(sample.dtype))
-        return result if return_dict else tuple(result)
+    def _advance(self, x, out, x0, sigma, sigma_next, prediction_type, generator):
+        if prediction_type == "x0" and float(sigma_next) == 0.0:
+            return x0
+        derivative = out if prediction_type == "u" else (x - out) / sigma
+        return x + derivative * (sigma_next - sigma)
 
 
 class GMFlowSDEScheduler(_FlowScheduler):
@@ -219,11 +230,11 @@ class GMFlowSDEScheduler(_FlowScheduler):
         variance_mode: str = "large",
     ) -> None:
         if output_mode not in ("sample", "mean"):
-            raise ValueError(f"output_mode must be 'sample' or 'mean', got {output_mode!r}")
+            raise GMFlowInputError(f"output_mode must be 'sample' or 'mean', got {output_mode!r}")
         if variance_mode not in ("small", "large"):
-            raise ValueError(f"variance_mode must be 'small' or 'large', got {variance_mode!r}")
+            raise GMFlowInputError(f"variance_mode must be 'small' or 'large', got {variance_mode!r}")
         if not h >= 0:
-            raise ValueError(f"h must be >= 0 (or inf), got {h}")
+            raise GMFlowInputError(f"h must be >= 0 (or inf), got {h}")
         super().__init__(
             num_train_timesteps=float(num_train_timesteps),
             shift=float(shift),
@@ -233,41 +244,22 @@ class GMFlowSDEScheduler(_FlowScheduler):
         )
         flow_sigmas(1, shift)
 
-    def step(
-        self,
-        model_output: Tensor,
-        timestep,
-        sample: Tensor,
-        generator: torch.Generator | None = None,
-        prediction_type: str = "u",
-        eps: float = 1e-6,
-        return_dict: bool = True,
-    ):
-        """One stochastic step ``sigma_k -> sigma_{k+1}``; returns :class:`SchedulerOutput` (or a tuple)."""
-        self._check_prediction_type(prediction_type)
-        sigma, sigma_next = self._begin_step(timestep)
-        work = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        x, out = sample.to(work), model_output.to(work)
-        sigma, sigma_next = sigma.to(work), sigma_next.to(work)
-        alpha, alpha_next = 1 - sigma, 1 - sigma_next
-        x0 = x - sigma * out if prediction_type == "u" else out
+    def _advance(self, x, out, x0, sigma, sigma_next, prediction_type, generator, eps: float = 1e-6):
+        """``eps`` (a keyword of :meth:`step`) floors ``sigma`` and ``sigma alpha'`` in the divisions."""
         if float(sigma_next) == 0.0:
-            prev = x0
-        else:
-            h = self._config["h"]
-            eps_hat = (x - alpha * x0) / torch.clamp_min(sigma, eps)
-            ratio = sigma_next * alpha / torch.clamp_min(sigma * alpha_next, eps)
-            keep = torch.zeros_like(ratio) if math.isinf(h) else ratio ** (h * h)
-            noise_scale = torch.clamp_min(1 - keep.square(), 0).sqrt()
-            if self._config["output_mode"] == "mean" and self._config["variance_mode"] == "large" and h == 1.0:
-                # DDPM "large" variance: std = sqrt(beta_bar) sigma sqrt((a'^2 + s'^2) / (a^2 + s^2))
-                large = sigma * torch.sqrt((alpha_next.square() + sigma_next.square())
-                                           / torch.clamp_min(alpha.square() + sigma.square(), eps))
-                noise_scale = noise_scale * large / sigma_next
-            noise = torch.zeros_like(x)
-            if float(noise_scale) > 0:
-                noise = torch.randn(x.shape, generator=generator, dtype=work, device=x.device)
-            prev = alpha_next * x0 + sigma_next * (keep * eps_hat + noise_scale * noise)
-        self._end_step()
-        result = SchedulerOutput(prev.to(sample.dtype), x0.to(sample.dtype))
-        return result if return_dict else tuple(result)
+            return x0
+        alpha, alpha_next = 1 - sigma, 1 - sigma_next
+        h = self._config["h"]
+        eps_hat = (x - alpha * x0) / torch.clamp_min(sigma, eps)
+        ratio = sigma_next * alpha / torch.clamp_min(sigma * alpha_next, eps)
+        keep = torch.zeros_like(ratio) if math.isinf(h) else ratio ** (h * h)
+        noise_scale = torch.clamp_min(1 - keep.square(), 0).sqrt()
+        if self._config["output_mode"] == "mean" and self._config["variance_mode"] == "large" and h == 1.0:
+            # DDPM "large" variance: std = sqrt(beta_bar) sigma sqrt((a'^2 + s'^2) / (a^2 + s^2))
+            large = sigma * torch.sqrt((alpha_next.square() + sigma_next.square())
+                                       / torch.clamp_min(alpha.square() + sigma.square(), eps))
+            noise_scale = noise_scale * large / sigma_next
+        noise = torch.zeros_like(x)
+        if float(noise_scale) > 0:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return alpha_next * x0 + sigma_next * (keep * eps_hat + noise_scale * noise)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from gmflow import GMFlowInputError
 from gmflow.types import GaussianMixture
 
 __all__ = [
@@ -103,7 +104,7 @@ class GMDiTConfig:
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
-                raise ValueError(f"GMDiT config: {msg}")
+                raise GMFlowInputError(f"GMDiT config: {msg}")
 
         for name in ("num_gaussians", "num_attention_heads", "attention_head_dim", "in_channels", "num_layers",
                      "sample_size", "patch_size", "num_embeds_ada_norm", "logstd_inner_dim",
@@ -148,7 +149,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, base_size: int | Non
     (plain ``0 .. n-1`` on the trained grid ``n = base_size``).
     """
     if dim % 4:
-        raise ValueError(f"dim must be a multiple of 4, got {dim}")
+        raise GMFlowInputError(f"dim must be a multiple of 4, got {dim}")
     base = grid_h if base_size is None else base_size
     rows = torch.arange(grid_h, dtype=torch.float64, device=device) / (grid_h / base)
     cols = torch.arange(grid_w, dtype=torch.float64, device=device) / (grid_w / base)
@@ -458,20 +459,22 @@ class GMDiT(nn.Module):
         """
         cfg = self.config
         if hidden_states.dim() != 4 or hidden_states.shape[1] != cfg.in_channels:
-            raise ValueError(f"hidden_states must have shape (B, {cfg.in_channels}, H, W), got {tuple(hidden_states.shape)}")
+            raise GMFlowInputError(f"hidden_states must have shape (B, {cfg.in_channels}, H, W), "
+                                   f"got {tuple(hidden_states.shape)}")
         B, _, H, W = hidden_states.shape
         p = cfg.patch_size
         if H % p or W % p:
-            raise ValueError(f"H and W must be multiples of patch_size={p}, got {H}x{W}")
+            raise GMFlowInputError(f"H and W must be multiples of patch_size={p}, got {H}x{W}")
         device = hidden_states.device
         timestep = torch.as_tensor(timestep, device=device)
         if timestep.dim() == 0:
             timestep = timestep.expand(B)
         if timestep.shape != (B,):
-            raise ValueError(f"timestep must be a number or a ({B},) tensor, got shape {tuple(timestep.shape)}")
+            raise GMFlowInputError(f"timestep must be a number or a ({B},) tensor, got shape {tuple(timestep.shape)}")
         labels = torch.as_tensor(class_labels, device=device)
         if labels.shape != (B,) or labels.is_floating_point():
-            raise ValueError(f"class_labels must be a ({B},) integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+            raise GMFlowInputError(f"class_labels must be a ({B},) integer tensor, "
+                                   f"got {labels.dtype} {tuple(labels.shape)}")
         labels = labels.long()
 
         h = self.pos_embed(hidden_states.to(self.dtype))

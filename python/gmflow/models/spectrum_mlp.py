@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from gmflow.types import IsoGaussian
+from gmflow import GMFlowInputError
+from gmflow.types import IsoGaussian, check_iso_gaussian
 
 __all__ = ["SpectrumMLP", "spectrum_stats"]
 
@@ -43,9 +44,9 @@ class SpectrumMLP(nn.Module):
         base_size = tuple(int(v) for v in base_size)
         layers = tuple(int(v) for v in layers)
         if len(base_size) != 3 or min(base_size) < 1:
-            raise ValueError(f"base_size must be (C, H, W) of positive ints, got {base_size}")
+            raise GMFlowInputError(f"base_size must be (C, H, W) of positive ints, got {base_size}")
         if any(v < 1 for v in layers):
-            raise ValueError(f"layers must be positive widths, got {layers}")
+            raise GMFlowInputError(f"layers must be positive widths, got {layers}")
         self.base_size = base_size
         self.layers = layers
         dims = [2, *layers, math.prod(base_size)]
@@ -83,14 +84,13 @@ class SpectrumMLP(nn.Module):
         return self.mlp[0].weight.dtype
 
     def forward(self, gaussian: IsoGaussian) -> Tensor:
+        check_iso_gaussian("SpectrumMLP.forward()", "gaussian", gaussian)
         mean, var = gaussian
         C0, h0, w0 = self.base_size
-        if mean.dim() < 3:
-            raise ValueError(f"gaussian.mean must have shape (..., C, H, W), got {tuple(mean.shape)}")
         C, H, W = mean.shape[-3:]
         if C != C0 or H > h0 or W > w0:
-            raise ValueError(f"SpectrumMLP with base_size {self.base_size} needs C = {C0}, H <= {h0}, W <= {w0}; "
-                             f"got mean of shape {tuple(mean.shape)}")
+            raise GMFlowInputError(f"SpectrumMLP with base_size {self.base_size} needs C = {C0}, H <= {h0}, "
+                                   f"W <= {w0}; got mean of shape {tuple(mean.shape)}")
         lead = mean.shape[:-3]
         if H * W == 1:  # one frequency: its log power is 0 whatever the network says
             return torch.zeros_like(mean)

@@ -31,6 +31,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import nn
 
+from gmflow import GMFlowInputError
 from gmflow.flow.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
 from gmflow.models import GMDiT, SpectrumMLP
 
@@ -86,7 +87,7 @@ COMPONENTS = ("transformer", "spectrum_net", "scheduler", "vae")
 IGNORED_KEYS = frozenset({"pos_embed.pos_embed"})
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GMFlowInputError):
     """A pipeline folder or weight file that does not match what the loader expects."""
 
 

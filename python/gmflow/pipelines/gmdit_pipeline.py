@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gmflow.flow.sampling import gmflow_sample
+from gmflow import GMFlowInputError
 from gmflow.flow.schedulers import FlowEulerODEScheduler, GMFlowSDEScheduler
+from gmflow.flow.spec import SamplerSpec
 from gmflow.models import GMDiT, SpectrumMLP
 
 from . import checkpoint as ckpt
@@ -192,11 +193,11 @@ class GMDiTPipeline:
             if isinstance(word, int) or (isinstance(word, str) and word.strip().isdigit()):
                 idx = int(word)
                 if not 0 <= idx < self.num_classes:
-                    raise ValueError(f"class id {idx} out of range [0, {self.num_classes})")
+                    raise GMFlowInputError(f"class id {idx} out of range [0, {self.num_classes})")
                 ids.append(idx)
                 continue
             if not isinstance(word, str):
-                raise TypeError(f"labels must be strings or ints, got {type(word).__name__}")
+                raise GMFlowInputError(f"labels must be strings or ints, got {type(word).__name__}")
             key = word.strip()
             if key in self.labels:
                 ids.append(self.labels[key])
@@ -206,12 +207,12 @@ class GMDiTPipeline:
                 ids.append(self.labels[folded[0]])
                 continue
             if not self.labels:
-                raise ValueError(f"{word!r}: this checkpoint has no id2label in model_index.json; pass integer "
+                raise GMFlowInputError(f"{word!r}: this checkpoint has no id2label in model_index.json; pass integer "
                                  f"class ids in [0, {self.num_classes})")
             near = difflib.get_close_matches(key, list(self.labels), n=8, cutoff=0.6)
             near += [n for n in self.labels if key.lower() in n.lower() and n not in near][: 8 - len(near)]
             hint = f" Did you mean: {', '.join(repr(n) for n in near)}?" if near else ""
-            raise ValueError(f"{word!r} is not a label of this checkpoint.{hint} "
+            raise GMFlowInputError(f"{word!r} is not a label of this checkpoint.{hint} "
                              f"({len(self.labels)} labels in pipe.labels)")
         return ids
 
@@ -223,9 +224,9 @@ class GMDiTPipeline:
                 class_labels = [class_labels]
             labels = torch.tensor(self.get_label_ids(list(class_labels)), dtype=torch.long)
         if labels.numel() == 0:
-            raise ValueError("class_labels is empty")
+            raise GMFlowInputError("class_labels is empty")
         if bool((labels < 0).any()) or bool((labels >= self.num_classes).any()):
-            raise ValueError(f"class labels must lie in [0, {self.num_classes}), got {labels.tolist()}")
+            raise GMFlowInputError(f"class labels must lie in [0, {self.num_classes}), got {labels.tolist()}")
         return labels.to(self.device)
 
     # -- sampling -----------------------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ class GMDiTPipeline:
         if generator is None:
             return None, None
         if not isinstance(generator, torch.Generator):
-            raise TypeError("generator must be a torch.Generator (one for the whole batch)")
+            raise GMFlowInputError("generator must be a torch.Generator (one for the whole batch)")
         if generator.device.type == device.type:
             return generator, generator
         seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
@@ -255,6 +256,7 @@ class GMDiTPipeline:
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        sampler: SamplerSpec | None = None,
     ):
         """Samples one image per class label (§6.2 - §6.4).
 
@@ -263,12 +265,20 @@ class GMDiTPipeline:
         ``num_inference_substeps`` analytic sub-steps per network call; GM-SDE: ``output_mode='sample'``,
         :class:`GMFlowSDEScheduler`, ``num_inference_substeps=1``. ``order=2`` adds the second-order GM
         solver (``gm2_coefs = (ca, cb)``). ``output_type``: ``'pil'``, ``'np'``, ``'pt'`` or ``'latent'``.
-        Returns :class:`GMDiTPipelineOutput`, or ``(images,)`` with ``return_dict=False``.
+        ``sampler``: a :class:`gmflow.flow.SamplerSpec` (solver, NFE, sub-steps, guidance, ...) in place of
+        the sampling keywords above; its solver picks the scheduler kind, built from this pipeline's
+        scheduler config. Returns :class:`GMDiTPipelineOutput`, or ``(images,)`` with ``return_dict=False``.
         """
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if not 0 <= float(guidance_scale) < 1:
-            raise ValueError(f"guidance_scale must lie in [0, 1) (probabilistic guidance), got {guidance_scale}")
+            raise GMFlowInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if sampler is None:
+            sampler = self._keyword_sampler(guidance_scale, num_inference_steps, num_inference_substeps, output_mode,
+                                            order, orthogonal_guidance, gm2_coefs, gm2_correction_steps)
+            scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        elif isinstance(sampler, SamplerSpec):
+            scheduler = sampler.make_scheduler(self.scheduler.config)
+        else:
+            raise GMFlowInputError(f"sampler must be a gmflow.flow.SamplerSpec or None; got {type(sampler).__name__}")
         labels = self._label_tensor(class_labels)
         B = labels.shape[0]
         cfg = self.transformer.config
@@ -280,7 +290,7 @@ class GMDiTPipeline:
         else:
             latents = torch.randn(shape, generator=noise_gen, device=noise_gen.device, dtype=torch.float32).to(device)
 
-        guided = float(guidance_scale) > 0
+        guided = sampler.guidance > 0
         model_labels = torch.cat([labels, labels.new_full((B,), self.transformer.null_class)]) if guided else labels
         transformer = self.transformer
         net_dtype = transformer.dtype
@@ -288,30 +298,30 @@ class GMDiTPipeline:
         def model(x: Tensor, t: Tensor):
             return transformer(x.to(net_dtype), t, model_labels)
 
-        scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        spectrum_net = self.spectrum_net if output_mode == "sample" else None
-        latents = gmflow_sample(
-            model,
-            latents,
-            num_inference_steps,
-            output_mode=output_mode,
-            order=order,
-            num_substeps=num_inference_substeps,
-            guidance_scale=float(guidance_scale),
-            orthogonal_guidance=orthogonal_guidance,
-            scheduler=scheduler,
-            gm2_coefs=tuple(gm2_coefs),
-            gm2_correction_steps=gm2_correction_steps,
-            spectrum_net=spectrum_net,
-            generator=loop_gen,
-            progress=not self._progress_disable,
-            cond_first=True,
-        ).samples
+        latents = sampler.sample(model, latents, loop_gen, scheduler=scheduler, spectrum_net=self.spectrum_net,
+                                 cond_first=True, progress=not self._progress_disable)
 
         images = self.decode_latents(latents, output_type)
         if not return_dict:
             return (images,)
         return GMDiTPipelineOutput(images, latents)
+
+    @staticmethod
+    def _keyword_sampler(guidance_scale, num_inference_steps, num_inference_substeps, output_mode, order,
+                         orthogonal_guidance, gm2_coefs, gm2_correction_steps) -> SamplerSpec:
+        """The :class:`SamplerSpec` of the diffusers-style keywords (``output_mode`` + ``order``)."""
+        kinds = {"mean": "gm-ode", "sample": "gm-sde"}
+        if output_mode not in kinds:
+            raise GMFlowInputError(f"output_mode must be 'mean' or 'sample', got {output_mode!r}")
+        if order not in (1, 2):
+            raise GMFlowInputError(f"order must be 1 or 2, got {order!r}")
+        if output_mode == "sample" and num_inference_substeps != 1:
+            raise GMFlowInputError("num_inference_substeps > 1 (GM-ODE sub-steps) requires output_mode='mean'")
+        if not 0 <= float(guidance_scale) < 1:
+            raise GMFlowInputError(f"guidance_scale must lie in [0, 1) (probabilistic guidance), got {guidance_scale}")
+        return SamplerSpec(f"{kinds[output_mode]}{order}", num_inference_steps, num_inference_substeps,
+                           float(guidance_scale), orthogonal_guidance, gm2_coefs=tuple(gm2_coefs),
+                           gm2_correction_steps=gm2_correction_steps)
 
     def decode_latents(self, latents: Tensor, output_type: str = "pil"):
         """VAE-decodes scaled latents into images in [0, 1] (``'pil'``, ``'np'``, ``'pt'``); ``'latent'``

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from gmflow._validation import GMFlowInputError, check_floating
 from gmflow.types import Gaussian, GaussianMixture, GaussianMixtureCov, IsoGaussian
 
 from .core import gm_logprob
@@ -63,9 +64,14 @@ def _check_gm(gm, name: str = "gm") -> None:
     if not isinstance(gm, GaussianMixture):
         raise TypeError(f"{name} must be a GaussianMixture, got {type(gm).__name__}")
     means, logstds, logweights = gm
+    for part, t in zip(("means", "logstds", "logweights"), gm):
+        check_floating(f"{name}.{part}", t)
     if means.dim() < 4:
         raise ValueError(f"{name}.means must have shape (..., K, C, H, W), got {tuple(means.shape)}")
     K = means.shape[-4]
+    if K < 1:
+        raise GMFlowInputError(f"{name}.means (..., K, C, H, W) must have at least one component (K >= 1), "
+                               f"got {tuple(means.shape)}")
     if logweights.dim() < 4 or logweights.shape[-4] != K or logweights.shape[-3] != 1:
         raise ValueError(f"{name}.logweights must have shape (..., K={K}, 1, H, W), got {tuple(logweights.shape)}")
     if logstds.dim() < 4 or logstds.shape[-4] not in (1, K) or logstds.shape[-3] != 1:
@@ -75,7 +81,8 @@ def _check_gm(gm, name: str = "gm") -> None:
 
 
 def _check_channels(x: Tensor, C: int, name: str) -> None:
-    """``x (..., C, H, W)`` must have the GM's channel count at dim -3."""
+    """``x (..., C, H, W)`` must be a float tensor with the GM's channel count at dim -3."""
+    check_floating(name, x)
     if x.dim() < 3 or x.shape[-3] != C:
         raise ValueError(f"{name} must have shape (..., C={C}, H, W), got {tuple(x.shape)}")
 
@@ -187,6 +194,7 @@ def gm_mul_iso_gaussian(
     """
     _check_gm(gm)
     _check_channels(gaussian.mean, gm.means.shape[-3], "gaussian.mean")
+    check_floating("gaussian.var", gaussian.var)
     if gm_power == 0:
         raise ValueError("gm_power must be non-zero")
     dtype = gm.means.dtype

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from gmflow._validation import GMFlowInputError, check_floating, check_steps
 from gmflow.types import GaussianMixture1D
 
 from .algebra import _result_dtype, _work_dtype
@@ -27,6 +28,8 @@ _SQRT_2 = math.sqrt(2.0)
 def _check_gm1d(gm1d) -> None:
     if not isinstance(gm1d, GaussianMixture1D):
         raise TypeError(f"gm1d must be a GaussianMixture1D, got {type(gm1d).__name__}")
+    for part, t in zip(("means", "logstds", "logweights"), gm1d):
+        check_floating(f"gm1d.{part}", t)
     means, logstds, logweights = gm1d
     if means.dim() < 3 or logweights.dim() < 3 or logweights.shape[-3] != means.shape[-3]:
         raise ValueError(
@@ -35,6 +38,26 @@ def _check_gm1d(gm1d) -> None:
         )
     if logstds.dim() < 3 or logstds.shape[-3:] != (1, 1, 1):
         raise ValueError(f"gm1d.logstds must have shape (..., 1, 1, 1), got {tuple(logstds.shape)}")
+
+
+def _check_broadcast(op: str, gm1d, scaled_cdfs: Tensor, gaussian_samples: Tensor | None) -> None:
+    """The dims of the GM and the samples other than -3 (K, N) broadcast, as the solver needs."""
+    named = {"gm1d.means": gm1d.means, "gm1d.logweights": gm1d.logweights, "scaled_cdfs": scaled_cdfs}
+    if gaussian_samples is not None:
+        named["gaussian_samples"] = gaussian_samples
+    check_floating("scaled_cdfs", scaled_cdfs)
+    if gaussian_samples is not None:
+        check_floating("gaussian_samples", gaussian_samples)
+    if scaled_cdfs.dim() < 3:
+        raise GMFlowInputError(f"{op}(): 'scaled_cdfs' must have layout (..., N, H, W); got {list(scaled_cdfs.shape)}")
+    try:
+        torch.broadcast_shapes(*(t.shape[:-3] + t.shape[-2:] for t in named.values()))
+    except RuntimeError:
+        shapes = ", ".join(f"'{name}' {list(t.shape)}" for name, t in named.items())
+        raise GMFlowInputError(
+            f"{op}(): the batch and pixel dims (all but dim -3) of 'scaled_cdfs' (..., N, H, W) must broadcast with "
+            f"the GM's (..., K, H, W): {shapes}"
+        ) from None
 
 
 def _pdf_cdf(means: Tensor, logstds: Tensor, logweights: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -99,8 +122,8 @@ def gm1d_inverse_cdf(
     ``gm_vars``) is cached into ``gm1d``.
     """
     _check_gm1d(gm1d)
-    if n_steps < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    _check_broadcast("gm1d_inverse_cdf", gm1d, scaled_cdfs, gaussian_samples)
+    check_steps("gm1d_inverse_cdf", n_steps)
     dtype = _result_dtype(gm1d.means, scaled_cdfs)
     work = _work_dtype(scaled_cdfs.dtype, *(t.dtype for t in gm1d))
     means, logstds, logweights = (t.to(work) for t in gm1d)
@@ -116,7 +139,12 @@ def gm1d_inverse_cdf(
         for _ in range(n_steps):
             pdf, cdf = _pdf_cdf(means, logstds, logweights, x)
             delta = 0.5 * (cdf - c) / torch.clamp_min(pdf, eps)
-            x = x - torch.clamp(delta, -bound, bound)
+            x_new = x - torch.clamp(delta, -bound, bound)
+            # Every lane at a fixed point (or NaN, which stays NaN): the remaining steps change nothing.
+            settled = bool(((x_new == x) | torch.isnan(x_new)).all())
+            x = x_new
+            if settled:
+                break
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (means, logstds, logweights, c))
     if needs_grad:
         pdf, cdf = _pdf_cdf(means, logstds, logweights, x)

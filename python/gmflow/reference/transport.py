@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from gmflow._validation import GMFlowInputError, check_floating
 from gmflow.types import GaussianMixture, GaussianMixture1D
 
 from .algebra import (
@@ -65,7 +66,14 @@ def rotation_from_covariance(cov: Tensor) -> Tensor:
     """Eigenvectors of symmetric ``cov (..., C, C)`` as columns, by descending eigenvalue, each
     with its largest-magnitude entry positive (the convention of :func:`gm_kr_rotation`)."""
     with torch.no_grad():
-        _, vecs = torch.linalg.eigh(cov)
+        try:
+            _, vecs = torch.linalg.eigh(cov)
+        except torch.linalg.LinAlgError:
+            what = "NaN/Inf values" if not torch.isfinite(cov).all() else "values too large"
+            raise GMFlowInputError(
+                f"gm_kr_rotation(): the moment-matched covariance (..., C, C) of 'gm' has {what} for {cov.dtype}; "
+                "'gm.means', 'gm.logstds' and 'gm.logweights' must be finite and their squared spread must fit it"
+            ) from None
         vecs = vecs.flip(-1)
         pivot = torch.gather(vecs, -2, vecs.abs().argmax(dim=-2, keepdim=True))
         return vecs * torch.where(pivot < 0, -1.0, 1.0).to(vecs.dtype)
@@ -94,6 +102,7 @@ def _resolve_n_axes(n_axes, C):
 
 
 def _check_samples(samples, C, name):
+    check_floating(name, samples)
     if samples.dim() < 4 or samples.shape[-3] != C:
         raise ValueError(f"{name} must have shape (..., N, C={C}, H, W), got {tuple(samples.shape)}")
 

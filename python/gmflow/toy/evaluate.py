@@ -1,8 +1,9 @@
 """Sampling the toy model with every solver, metrics against the exact density, the PNG figure.
 
-Solvers (``SOLVERS``): ``gm-sde2`` / ``gm-sde`` (GM-SDE, order 2 / 1), ``gm-ode2`` / ``gm-ode``
-(GM-ODE with ``ceil(128 / NFE)`` analytic sub-steps), ``fm-euler`` / ``fm-heun`` (flow-matching
-baselines on the mean velocity; meant for the K = 1 model; Heun uses ``2 steps - 1`` evaluations).
+Solvers: every name of :data:`gmflow.flow.SOLVERS` (:class:`gmflow.flow.SamplerSpec`): ``gm-sde2`` /
+``gm-sde1`` (GM-SDE, order 2 / 1), ``gm-ode2`` / ``gm-ode1`` (GM-ODE with ``ceil(128 / NFE)`` analytic
+sub-steps), ``fm-euler`` / ``fm-heun`` (flow-matching baselines on the mean velocity; meant for the K = 1
+model; Heun uses ``2 steps - 1`` evaluations).
 
 Metrics (:func:`sample_metrics`), all against the exact checkerboard density:
 
@@ -27,7 +28,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from gmflow.flow.sampling import flow_euler_sample, flow_heun_sample, gm_mean_velocity, gm_ode_substeps, gmflow_sample
+from gmflow.flow.sampling import gm_ode_substeps
+from gmflow.flow.spec import SOLVERS, SUBSTEP_SOLVERS, SamplerSpec, parse_solver
 
 from .data import Checkerboard
 
@@ -38,19 +40,15 @@ __all__ = [
     "sample_metrics",
     "sample_toy",
     "sliced_wasserstein",
+    "toy_sampler",
     "write_histogram_grid",
 ]
 
-SOLVERS = ("gm-sde2", "gm-ode2", "gm-sde", "gm-ode", "fm-euler", "fm-heun")
-
-
-def _gm_solver(model, solver: str, nfe: int, noise: Tensor, generator: torch.Generator | None,
-               ode_total_substeps: int) -> Tensor:
-    order = 2 if solver.endswith("2") else 1
-    if solver.startswith("gm-sde"):
-        return gmflow_sample(model, noise, nfe, output_mode="sample", order=order, generator=generator).samples
-    return gmflow_sample(model, noise, nfe, output_mode="mean", order=order,
-                         num_substeps=gm_ode_substeps(nfe, ode_total_substeps), generator=generator).samples
+def toy_sampler(solver: str, nfe: int, ode_total_substeps: int = 128) -> SamplerSpec:
+    """The toy's :class:`SamplerSpec`: GM-ODE takes ``ceil(ode_total_substeps / nfe)`` sub-steps per step."""
+    solver = parse_solver(solver)
+    substeps = gm_ode_substeps(nfe, ode_total_substeps) if solver in SUBSTEP_SOLVERS else 1
+    return SamplerSpec(solver, nfe, substeps=substeps)
 
 
 @torch.no_grad()
@@ -69,20 +67,14 @@ def sample_toy(
     The initial noise and every draw come from ``generator`` (a generator on ``device``).
     For ``fm-heun`` the number of steps is ``(nfe + 1) // 2`` (NFE ``2 steps - 1``).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if nfe < 1 or n < 1:
-        raise ValueError("nfe and n must be positive")
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    spec = toy_sampler(solver, nfe, ode_total_substeps)
     parts = []
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         noise = torch.randn(m, 2, 1, 1, generator=generator, device=device)
-        if solver == "fm-euler":
-            x = flow_euler_sample(gm_mean_velocity(model), noise, nfe)
-        elif solver == "fm-heun":
-            x = flow_heun_sample(gm_mean_velocity(model), noise, (nfe + 1) // 2)
-        else:
-            x = _gm_solver(model, solver, nfe, noise, generator, ode_total_substeps)
+        x = spec.sample(model, noise, generator)
         parts.append(x.reshape(m, 2).float().cpu())
     return torch.cat(parts)
 

@@ -10,6 +10,10 @@ most a stray ``*.tmp`` that is ignored and cleaned up.
 down, and returns the first that loads and has the expected structure: a truncated or corrupt file is
 logged and never resumed from. Retention (:func:`prune_checkpoints`) keeps the newest checkpoint plus
 every ``iter_<N>.pth`` with ``N`` a multiple of ``keep_every``.
+
+The weights sit in ``state_dict`` under ``diffusion.`` (the trained :class:`GMFlowDiffusion`: ``denoising.*``
+= the GM-DiT, ``spectrum_net.*``) and ``diffusion_ema.`` (its EMA); :func:`trained_models` turns a
+checkpoint into the networks, the form every other part of gmflow takes.
 """
 
 from __future__ import annotations
@@ -19,19 +23,27 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
+
+from gmflow.models import GMDiT, SpectrumMLP
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointCorruptError",
+    "EMA_PREFIX",
+    "MODEL_PREFIX",
+    "TrainedModels",
     "checkpoint_path",
     "find_resume_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
     "save_checkpoint",
+    "strip_prefix",
+    "trained_models",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +51,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "gmflow-train-1"
 LATEST = "latest.pth"
 _ITER_RE = re.compile(r"^iter_(\d+)\.pth$")
+MODEL_PREFIX = "diffusion."  # the trained GMFlowDiffusion's weights in state_dict
+EMA_PREFIX = "diffusion_ema."  # its EMA
 
 
 class CheckpointCorruptError(RuntimeError):
@@ -155,3 +169,34 @@ def find_resume_checkpoint(directory: str | os.PathLike, map_location="cpu") -> 
         except (CheckpointCorruptError, FileNotFoundError) as exc:
             logger.warning("not resuming from %s: %s", path, exc)
     return None
+
+
+def strip_prefix(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``state_dict`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+class TrainedModels(NamedTuple):
+    transformer: GMDiT
+    spectrum_net: SpectrumMLP | None
+    config: dict[str, Any]  # the run's TrainConfig as a dict (e.g. its vae_path)
+
+
+def trained_models(state: dict[str, Any], use_ema: bool = True, dtype: torch.dtype | None = None,
+                   device=None) -> TrainedModels:
+    """The networks of a loaded training checkpoint (:func:`load_checkpoint`), in eval mode: the GM-DiT and
+    the spectrum net of the run's config with the EMA weights (the raw ones with ``use_ema=False`` or when
+    the run kept no EMA), moved to ``device`` / ``dtype``."""
+    config = state["meta"]["config"]
+    sd = state["state_dict"]
+    prefix = EMA_PREFIX if use_ema and any(k.startswith(EMA_PREFIX) for k in sd) else MODEL_PREFIX
+    weights = strip_prefix(sd, prefix)
+    transformer = GMDiT(dict(config["model"]))
+    transformer.load_state_dict(strip_prefix(weights, "denoising."))
+    transformer = transformer.to(device=device, dtype=dtype).eval()
+    spectrum = None
+    if config.get("spectrum_net"):
+        spectrum = SpectrumMLP.from_config(config["spectrum_net"])
+        spectrum.load_state_dict(strip_prefix(weights, "spectrum_net."))
+        spectrum = spectrum.to(device=device, dtype=dtype).eval()
+    return TrainedModels(transformer, spectrum, config)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gmflow.flow.spec import GM_SOLVERS, upgrade_solver
 from gmflow.models.gmdit import GMDIT_IMAGENET_K8
 
 __all__ = ["TrainConfig", "apply_overrides"]
@@ -78,7 +79,7 @@ class TrainConfig:
     val_interval: int = 20_000  # 0: never
     val_num_samples: int = 50_000
     val_batch_size: int = 125  # per rank
-    val_method: str = "gmode2"
+    val_method: str = "gm-ode2"  # a GM solver of gmflow.flow.SamplerSpec; the retired gmode2 etc. still load
     val_nfe: int = 16
     val_substeps: int = 8
     val_guidance: float = 0.04
@@ -113,7 +114,7 @@ class TrainConfig:
         need(0 < self.warmup_ratio <= 1, f"warmup_ratio must be in (0, 1], got {self.warmup_ratio}")
         need(self.optimizer in ("auto", "adamw", "adamw8bit"), f"optimizer must be auto, adamw or adamw8bit")
         need(self.mixed_precision in ("auto", "bf16", "no"), f"mixed_precision must be auto, bf16 or no")
-        need(self.val_method in ("gmode2", "gmsde2", "gmode1", "gmsde1"), f"unknown val_method {self.val_method!r}")
+        self.val_method = upgrade_solver(self.val_method, GM_SOLVERS, "train config: val_method")
         need(0 <= self.val_guidance < 1, f"val_guidance must lie in [0, 1)")
         need(self.ema_nimg > 0 and self.ema_rampup >= 0, "ema_nimg must be > 0 and ema_rampup >= 0")
         need(isinstance(self.model, dict), "model must be a dict of GMDiT config keys")

@@ -4,13 +4,12 @@
 GM-DiT, ``spectrum_net``) and its ``forward`` *is* the loss, so that DistributedDataParallel wraps one
 module whose forward produces every gradient:
 
-1. (fp32, no autocast) ``t_high`` from the logit-normal sampler, ``t_low = (1 - lambda) t_high``, the pair
-   ``(x_low, x_high)`` (:func:`gmflow.flow.transition_pair`, every draw from the caller's generator);
-2. the GM-DiT forward on ``(x_high, t_high, labels)`` under bf16 autocast (when enabled); its GM head is
-   float32;
-3. (fp32, autocast off) the reverse-transition GM, the per-pixel GM NLL of ``x_low`` (``-log p / C``,
-   LakonLab normalisation, weight 8.0 = the original 2.0) averaged per sample, and the spectral loss
-   (gradient into the spectrum net only).
+1. :func:`gmflow.flow.transition_loss` (fp32, autocast off): ``t_high`` from the logit-normal sampler,
+   ``t_low = (1 - lambda) t_high``, the pair ``(x_low, x_high)`` (every draw from the caller's generator),
+   the GM-DiT forward on ``(x_high, t_high, labels)`` (under bf16 autocast when enabled; its GM head is
+   float32), the reverse-transition GM and the per-pixel GM NLL of ``x_low`` (``-log p / C``, LakonLab
+   normalisation, weight 8.0 = the original 2.0) averaged per sample;
+2. the spectral loss (gradient into the spectrum net only).
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gmflow import ops
-from gmflow.flow.losses import spectral_loss, transition_pair
+from gmflow.flow.losses import spectral_loss, transition_loss
 from gmflow.flow.schedule import NUM_TIMESTEPS, TimestepSampler
 from gmflow.models import GMDiT, SpectrumMLP
 
@@ -70,19 +68,18 @@ class GMFlowDiffusion(nn.Module):
     def forward(self, x_0: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> LossOutput:
         T = self.num_timesteps
         device_type = x_0.device.type
+        amp = dict(dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
+
+        def network(x_t: Tensor, t: Tensor):
+            with torch.autocast(device_type, **amp):
+                return self.denoising(x_t, t, labels)
+
         with torch.autocast(device_type, enabled=False):
             x_0 = x_0.float()
-            x_low, x_high, t_low, t_high = transition_pair(x_0, self.trans_ratio, self.timestep_sampler, generator,
-                                                           eps=1e-4, num_timesteps=T)
-        with torch.autocast(device_type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            gm_u = self.denoising(x_high, t_high, labels)
-        with torch.autocast(device_type, enabled=False):
-            gm_u = gm_u.map(lambda v: v.float())
-            gm_low = ops.reverse_transition(gm_u, x_high, t_low, t_high, prediction_type="u", num_timesteps=T)
-            C = x_0.shape[1]
-            logp = ops.gm_logprob(gm_low, x_low.unsqueeze(1)).squeeze(1)  # (B, H, W)
-            per_sample = self.transition_loss_weight * (-logp / C).flatten(1).mean(dim=1)
-            loss_trans = per_sample.mean()
+            out = transition_loss(network, x_0, self.trans_ratio, self.timestep_sampler, generator,
+                                  scale=self.transition_loss_weight, eps=1e-4, num_timesteps=T)
+            gm_u, x_high, t_high, per_sample = out.gm_u, out.x_high, out.t_high, out.per_sample
+            loss_trans = out.loss
             loss = loss_trans
             if self.spectrum_net is not None:
                 # the spectral target is a no-grad function of (gm_u, x_0, x_high); non-finite entries are zeroed

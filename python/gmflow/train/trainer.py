@@ -51,6 +51,7 @@ from gmflow.models import GMDiT, SpectrumMLP
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .objective import GMFlowDiffusion
+from .validation import ValidationHook
 
 __all__ = ["TrainSummary", "Trainer", "build_diffusion", "build_optimizer", "ema_beta", "lr_at"]
 
@@ -214,9 +215,9 @@ class Trainer:
     def _restore(self, path: str) -> None:
         state = ckpt.load_checkpoint(path)
         sd = state["state_dict"]
-        self.model.load_state_dict({k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")})
+        self.model.load_state_dict(ckpt.strip_prefix(sd, ckpt.MODEL_PREFIX))
         if self.ema is not None:
-            ema_sd = {k[len("diffusion_ema."):]: v for k, v in sd.items() if k.startswith("diffusion_ema.")}
+            ema_sd = ckpt.strip_prefix(sd, ckpt.EMA_PREFIX)
             if ema_sd:
                 self.ema.load_state_dict(ema_sd)
             else:
@@ -239,12 +240,12 @@ class Trainer:
     def _checkpoint_state(self) -> dict[str, Any]:
         cfg = self.config
         rngs = gdist.all_gather_objects(_rng_state(self.generator, self.device))
-        sd = {f"diffusion.{k}": v for k, v in self.model.state_dict().items()}
+        sd = {f"{ckpt.MODEL_PREFIX}{k}": v for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             for k, v in self.ema.state_dict().items():
                 if cfg.fp16_ema_in_checkpoint and v.dtype == torch.float32:
                     v = v.half()
-                sd[f"diffusion_ema.{k}"] = v
+                sd[f"{ckpt.EMA_PREFIX}{k}"] = v
         epoch, batch_in_epoch = self.sampler.position(self.iteration)
         meta = {
             "format": ckpt.CHECKPOINT_FORMAT, "iter": self.iteration, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
@@ -323,8 +324,6 @@ class Trainer:
 
         validation = None
         if self.validate and cfg.val_interval:
-            from .validation import ValidationHook
-
             validation = ValidationHook(cfg, info, work, progress=cfg.progress)
         ddp = model
         if info.distributed:

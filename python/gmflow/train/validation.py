@@ -18,6 +18,7 @@ from gmflow.data.imagenet import read_class_names
 from gmflow.distributed import DistInfo
 from gmflow.evaluation.metrics import InceptionFeatureNet, InceptionMetrics, load_reference_stats
 from gmflow.evaluation.sampling import EvalSetting, evaluate_setting
+from gmflow.flow.spec import SUBSTEP_SOLVERS
 
 from .config import TrainConfig
 
@@ -40,9 +41,8 @@ class ValidationHook:
             if not path.exists():
                 raise FileNotFoundError(f"{name} = {path}: not found (validation needs local files; nothing is "
                                         "downloaded)")
-        sde = config.val_method.startswith("gmsde")
-        self.setting = EvalSetting(config.val_method, config.val_nfe, 1 if sde else config.val_substeps,
-                                   config.val_guidance)
+        substeps = config.val_substeps if config.val_method in SUBSTEP_SOLVERS else 1
+        self.setting = EvalSetting(config.val_method, config.val_nfe, substeps, config.val_guidance)
         self._metrics: InceptionMetrics | None = None
         self._vae = None
         self._class_names = read_class_names(config.class_names) if config.class_names else None
