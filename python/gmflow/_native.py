@@ -111,7 +111,7 @@ def _load_one(name: str) -> LibraryStatus:
     if name == "cuda" and _major(built_cuda) != _major(torch.version.cuda or ""):
         status.reason = (
             f"built for CUDA {built_cuda} but this torch uses CUDA {torch.version.cuda}; "
-            f"install the gmflow wheel for CUDA {_major(torch.version.cuda or '')} or build gmflow from source"
+            "build gmflow from source against this torch for native CUDA kernels"
         )
         _warn_not_loaded(path, name, status.reason)
         return status
