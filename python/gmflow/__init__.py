@@ -14,7 +14,18 @@ _native.load()
 
 from . import ops  # noqa: E402
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    # pyproject.toml is the one place the version is written; the installed metadata carries it.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gmflow")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 
 __all__ = [
     "GMFlowInputError",

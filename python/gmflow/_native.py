@@ -4,8 +4,9 @@
 kernels and is only loaded into a torch built with CUDA (it links libtorch_cuda).
 Both are stable-ABI libraries: built once against torch >= 2.10, they load into
 any later torch of the same CUDA major. A library that exists but cannot be used
-is reported once through the ``gmflow`` logger; every op keeps working through
-the reference fallback.
+(another CUDA major, a CUDA runtime that does not load) is reported once with a
+``NativeLibraryWarning`` at import and by ``python -m gmflow.info``; it never
+fails the import, and every op keeps working through the reference fallback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,16 @@ logger = logging.getLogger("gmflow")
 
 MIN_TORCH = (2, 10)
 DISABLE_ENV = "GMFLOW_DISABLE_NATIVE"
+
+
+class NativeLibraryWarning(RuntimeWarning):
+    """A native library of this install could not be used; its ops run on the reference fallback."""
+
+
+def _warn_not_loaded(path: Path, name: str, reason: str) -> None:
+    message = f"gmflow: not loading {path}: {reason}. {name.upper()} ops use the reference fallback."
+    logger.debug(message)
+    warnings.warn(message, NativeLibraryWarning, stacklevel=3)
 
 
 @dataclass
@@ -87,7 +99,7 @@ def _load_one(name: str) -> LibraryStatus:
         status.reason = f"torch {torch.__version__} is older than 2.10, the stable-ABI target of the native libraries"
         return status
     if name == "cuda" and not torch.version.cuda:
-        status.reason = "this torch has no CUDA"
+        status.reason = f"torch {torch.__version__} is a CPU-only build (the CUDA library needs a CUDA build of torch)"
         return status
     path = find_file(f"libgmflow_{name}.so")
     if path is None:
@@ -100,15 +112,15 @@ def _load_one(name: str) -> LibraryStatus:
     if name == "cuda" and _major(built_cuda) != _major(torch.version.cuda or ""):
         status.reason = (
             f"built for CUDA {built_cuda} but this torch uses CUDA {torch.version.cuda}; "
-            "rebuild gmflow against this torch"
+            "build gmflow from source against this torch for native CUDA kernels"
         )
-        logger.warning("gmflow: not loading %s: %s. CUDA ops use the reference fallback.", path, status.reason)
+        _warn_not_loaded(path, name, status.reason)
         return status
     try:
         torch.ops.load_library(str(path))
     except (OSError, RuntimeError) as error:
         status.reason = f"failed to load: {error}"
-        logger.warning("gmflow: could not load %s (%s); %s ops use the reference fallback.", path, error, name.upper())
+        _warn_not_loaded(path, name, status.reason)
         return status
     status.loaded = True
     return status

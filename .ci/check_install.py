@@ -1,0 +1,69 @@
+"""Checks an installed gmflow wheel from the user's side (run by .ci/run, never by pytest).
+
+    python .ci/check_install.py --cuda {loaded,cpu-only,refused}
+
+loaded:   both native libraries load and every op has a CUDA kernel (a CUDA torch of the wheel's CUDA major)
+cpu-only: the CUDA library is not loaded because this torch has no CUDA, and nothing warns about it
+refused:  the CUDA library is not loaded (another CUDA major): a NativeLibraryWarning at import, no failure
+In every case the native CPU library is loaded and its ops agree with gmflow.reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import warnings
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cuda", choices=["loaded", "cpu-only", "refused"], required=True)
+    expect = parser.parse_args().cuda
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import gmflow
+        from gmflow import _library, _native
+        from gmflow.reference import core as ref
+    native_warnings = [str(w.message) for w in caught if issubclass(w.category, _native.NativeLibraryWarning)]
+
+    state = _native.STATE
+    build = state.build_info
+    cpu, cuda = state.libraries["cpu"], state.libraries["cuda"]
+    assert gmflow.__version__ == importlib.metadata.version("gmflow") == build["gmflow_version"], (
+        gmflow.__version__, build)
+    assert build["cpu_library"] == "ON" and build["cuda_library"] == "ON", build
+    assert build["torch_stable_abi_target"] == "2.10", build
+    assert cpu.loaded, cpu.reason
+    assert "site-packages" in cpu.path, f"gmflow imported from {cpu.path}, not from the installed wheel"
+
+    if expect == "loaded":
+        assert cuda.loaded, cuda.reason
+        missing = [n for n in _library.SCHEMAS
+                   if not torch._C._dispatch_has_kernel_for_dispatch_key(f"gmflow::{n}", "CUDA")]
+        assert not missing, f"ops without a CUDA kernel: {missing}"
+        assert not native_warnings, native_warnings
+    elif expect == "cpu-only":
+        assert not torch.version.cuda, torch.version.cuda
+        assert not cuda.loaded and "CPU-only" in cuda.reason, cuda.reason
+        assert not native_warnings, native_warnings
+    else:
+        assert not cuda.loaded, "the CUDA library loaded into a torch of another CUDA major"
+        assert native_warnings and "CUDA" in native_warnings[0], native_warnings
+        print(f"import warned, as it should: {native_warnings[0]}")
+
+    g = torch.Generator().manual_seed(0)
+    means, logweights = torch.randn(2, 3, 4, 5, 6, generator=g), torch.randn(2, 3, 1, 5, 6, generator=g).log_softmax(1)
+    logstds, samples = torch.randn(2, 1, 1, 1, 1, generator=g) * 0.1, torch.randn(2, 1, 4, 5, 6, generator=g)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("gmflow::gm_logprob", "CPU")
+    torch.testing.assert_close(torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples),
+                               ref.gm_logprob(means, logstds, logweights, samples))
+    torch.testing.assert_close(torch.ops.gmflow.gm_to_mean(means, logweights, 1.0), ref.gm_to_mean(means, logweights))
+    print(f"gmflow {gmflow.__version__} in torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}): "
+          f"CPU library loaded; CUDA library {'loaded' if cuda.loaded else 'not loaded: ' + cuda.reason}")
+
+
+if __name__ == "__main__":
+    main()
