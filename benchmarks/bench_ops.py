@@ -9,6 +9,10 @@ memory allocated during the step. Writes everything as JSON.
     python benchmarks/bench_ops.py                 # CPU, both shapes
     python benchmarks/bench_ops.py --device cuda   # needs a GPU
     python benchmarks/bench_ops.py --quick         # smoke run (CI)
+
+Every registered op (gmflow._library.OPS, backward ops included) also gets a row per sample input
+of its module (small shapes: dispatcher vs the reference fallback), so a new op is benchmarked
+without an edit here; the shaped rows above are the ones to report.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from pathlib import Path
 import torch
 
 import gmflow
+from gmflow import _library
 from gmflow import info as gm_info
-from gmflow.reference import core as ref
-from gmflow.reference import sampling_ops as sref
+from gmflow.reference import density as ref
+from gmflow._ops import kr as kr_op
+from gmflow._ops import mul_iso_gaussian as mul_op
+from gmflow._ops import posterior_mean as posterior_op
 from gmflow.reference.transport import gm_kr_rotation
 from gmflow.types import GaussianMixture
 
@@ -153,15 +160,15 @@ def build_sampling_cases(shape, device) -> list[Case]:
 
     add(
         "gm_mul_iso_gaussian",
-        {"native": torch.ops.gmflow.gm_mul_iso_gaussian, "eager": sref.gm_mul_iso_gaussian,
-         "compile": torch.compile(sref.gm_mul_iso_gaussian, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_mul_iso_gaussian, "eager": mul_op.reference,
+         "compile": torch.compile(mul_op.reference, fullgraph=True)},
         (means, logstds, logweights, x_tgt, g_var),
         2 * nbytes(means, logweights) + nbytes(x_tgt, g_var) + out_bytes,
     )
     add(
         "gm_posterior_mean",
-        {"native": torch.ops.gmflow.gm_posterior_mean, "eager": sref.gm_posterior_mean,
-         "compile": torch.compile(sref.gm_posterior_mean, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_posterior_mean, "eager": posterior_op.reference,
+         "compile": torch.compile(posterior_op.reference, fullgraph=True)},
         (means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt),
         nbytes(means, logstds, logweights) + 3 * nbytes(x_src),
     )
@@ -169,15 +176,15 @@ def build_sampling_cases(shape, device) -> list[Case]:
     # axes, each a batched Newton solve of n_steps Python-level iterations).
     add(
         "gm_kr_inverse",
-        {"native": torch.ops.gmflow.gm_kr_inverse, "eager": sref.gm_kr_inverse,
-         "compile": torch.compile(sref.gm_kr_inverse, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_kr_inverse, "eager": kr_op.reference_inverse,
+         "compile": torch.compile(kr_op.reference_inverse, fullgraph=True)},
         (means, logstds, logweights, samples, rotation, None, None, KR_NEWTON_STEPS),
         nbytes(means, logweights) + 2 * nbytes(samples),
     )
     add(
         "gm_kr_forward",
-        {"native": torch.ops.gmflow.gm_kr_forward, "eager": sref.gm_kr_forward,
-         "compile": torch.compile(sref.gm_kr_forward, fullgraph=True)},
+        {"native": torch.ops.gmflow.gm_kr_forward, "eager": kr_op.reference_forward,
+         "compile": torch.compile(kr_op.reference_forward, fullgraph=True)},
         (means, logstds, logweights, samples, rotation),
         nbytes(means, logweights) + 2 * nbytes(samples),
     )
@@ -237,6 +244,20 @@ def memcpy_time(num_bytes: int, device, min_time: float) -> float:
     return median_time(lambda: dst.copy_(src), device, min_time, warmup=3)
 
 
+def registry_rows(device: str, min_time: float, warmup: int) -> list[dict]:
+    """Dispatcher (native where loaded) vs reference fallback of every registered op on its sample inputs."""
+    rows = []
+    for name, op in _library.OPS.items():
+        for i, sample in enumerate(op.sample_inputs(device)):
+            native = median_time(lambda: op.op()(*sample.args, **sample.kwargs), device, min_time, warmup)
+            fallback = median_time(lambda: op.fallback(*sample.args, **sample.kwargs), device, min_time, warmup)
+            rows.append({"op": name, "sample": i, "ms": {"dispatcher": native * 1e3, "fallback": fallback * 1e3},
+                         "speedup_vs_fallback": fallback / native})
+            print(f"{'registry':<16} {name:<27} #{i:<2} {native * 1e3:>10.4f} {fallback * 1e3:>9.4f} "
+                  f"{fallback / native:>8.1f}", flush=True)
+    return rows
+
+
 def run(device: str, shapes: list[str], min_time: float, warmup: int, with_compile: bool = True) -> dict:
     results = {
         "device": device,
@@ -284,6 +305,7 @@ def run(device: str, shapes: list[str], min_time: float, warmup: int, with_compi
                 row["workspace_ratio_native_over_eager"] = work["native"] / max(work["eager"], 1)
             results["rows"].append(row)
             print_row(row)
+    results["registry_rows"] = registry_rows(device, min(min_time, 0.05), min(warmup, 2))
     return results
 
 

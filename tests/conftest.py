@@ -52,6 +52,17 @@ def device(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of small-tensor tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): one
+    intra-op thread avoids thread-pool overhead (and stalls on a busy 2-core machine); the previous
+    setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # GMFLOW_TEST_KERNELS=cuda-emulation: every torch.ops.gmflow op on CPU tensors runs the host
 # emulation of the CUDA kernels (gmflow.testing), so the parity, gradcheck and oracle suites
 # check the CUDA kernels; GMFLOW_CUDA_EMU_GRID picks the emulated grid.

@@ -162,8 +162,8 @@ def tensor_args(call: dict) -> list[str]:
 
 def assert_same(op: str, call: dict, expect_error: str | None = None):
     """Native (if loaded), fake and reference fallback agree: the same message, or the same outputs."""
-    ref = outcome(_library._FALLBACKS[op], call)
-    fake = outcome(_library._FAKES[op], call)
+    ref = outcome(_library.OPS[op].fallback, call)
+    fake = outcome(_library.OPS[op].fake, call)
     assert ref[0] == fake[0], (ref, fake)
     if ref[0] == "error":
         assert ref[1] == fake[1]
@@ -261,7 +261,7 @@ def test_mul_iso_empty_grid_writes_pixel_free_logstds():
     var = math.exp(-1.0)  # logstd' = logstd + log(v_g) / 2 - log(v_g + v) / 2
     expected = -0.5 + 0.5 * math.log(0.7) - 0.5 * math.log(0.7 + var)
     torch.testing.assert_close(out[1].flatten(), torch.tensor([expected], dtype=d))
-    ref = _library._FALLBACKS["gm_mul_iso_gaussian"](means, logstds, logweights, gaussian_mean, gaussian_var)
+    ref = _library.OPS["gm_mul_iso_gaussian"].fallback(means, logstds, logweights, gaussian_mean, gaussian_var)
     torch.testing.assert_close(out[1], ref[1])
 
 
@@ -300,7 +300,7 @@ def test_n_steps_has_a_documented_maximum(op, n_steps):
     call = valid_call(op)
     call["n_steps"] = n_steps
     message = f"{op}(): 'n_steps' must be an integer in [0, {MAX_N_STEPS}]; got {n_steps}"
-    for fn in (getattr(G, op), _library._FAKES[op], _library._FALLBACKS[op]):
+    for fn in (getattr(G, op), _library.OPS[op].fake, _library.OPS[op].fallback):
         with pytest.raises(GMFlowInputError if fn is not getattr(G, op) else RuntimeError, match=re.escape(message)):
             fn(*call.values())
 
@@ -350,7 +350,7 @@ def test_zero_components_rejected():
 def test_n_steps_must_be_an_int():
     call = valid_call("gm1d_inverse_cdf")
     call["n_steps"] = 2.5
-    for fn in (_library._FAKES["gm1d_inverse_cdf"], _library._FALLBACKS["gm1d_inverse_cdf"]):
+    for fn in (_library.OPS["gm1d_inverse_cdf"].fake, _library.OPS["gm1d_inverse_cdf"].fallback):
         with pytest.raises(GMFlowInputError, match=r"'n_steps' must be an integer in \[0, 10000\]; got 2.5"):
             fn(*call.values())
 
@@ -416,8 +416,8 @@ def test_wrappers_refuse_non_float_tensors(bad):
         "gaussian.mean": lambda: ops.gm_mul_iso_gaussian(gm, IsoGaussian(x, torch.ones(1, 1, 1))),
         "gaussian.var": lambda: ops.gm_mul_iso_gaussian(gm, IsoGaussian(torch.ones(C, H, W),
                                                                         torch.ones(1, 1, 1).to(bad))),
-        "x_t": lambda: ops.gm_posterior_mean(gm, x, torch.randn(C, H, W), sigma_t=torch.tensor(0.5),
-                                             sigma_t_src=torch.tensor(0.8)),
+        "x_tgt": lambda: ops.gm_posterior_mean(gm, torch.randn(C, H, W), x, sigma_src=torch.tensor(0.8),
+                                               sigma_tgt=torch.tensor(0.5)),
         "scaled_cdfs": lambda: ops.gm1d_inverse_cdf(gm1d, x[:1]),
         "gaussian_samples": lambda: ops.gaussian_samples_to_gm_samples(gm, x[None]),
         "samples": lambda: ops.gm_samples_to_gaussian_samples(gm, x[None]),

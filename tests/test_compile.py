@@ -53,7 +53,7 @@ SHARED = GmCase(batch=(2,), K=3, C=3, H=4, W=4, N=2)
 def _sampling_path(means, logstds, logweights, samples, rotation=None):
     gm = gmflow.GaussianMixture(means, logstds, logweights)
     x = samples[:, 0]
-    post = ops.gm_posterior_mean(gm, x, x.flip(-1), t=300.0, t_src=700.0)
+    post = ops.gm_posterior_mean(gm, x.flip(-1), x, t_src=700.0, t_tgt=300.0)
     prod = ops.gm_mul_iso_gaussian(gm, gmflow.IsoGaussian(post, torch.full_like(post[:, :1, :1, :1], 0.5)))
     gm1 = gmflow.GaussianMixture1D(means[:, :, 0], logstds[:, 0], logweights[:, :, 0])
     icdf = ops.gm1d_inverse_cdf(gm1, torch.tanh(samples[:, :, 0]), n_steps=6)

@@ -51,7 +51,7 @@ def call_native(args):
 
 
 def call_fallback(args):
-    return _library._logprob_fallback(args["means"], args["logstds"], args["logweights"], args["samples"])
+    return _library.OPS["gm_logprob"].fallback(args["means"], args["logstds"], args["logweights"], args["samples"])
 
 
 def call_fake(args):
@@ -82,8 +82,8 @@ def test_mixed_devices_name_the_argument():
 def test_gm_to_mean_and_iso_bad_input(call):
     args = good()
     bad_w = torch.randn(B, K, 2, H, W)
-    to_mean = torch.ops.gmflow.gm_to_mean if call == "dispatcher" else _library._to_mean_fallback
-    iso = torch.ops.gmflow.gm_to_iso_gaussian if call == "dispatcher" else _library._iso_fallback
+    to_mean = torch.ops.gmflow.gm_to_mean if call == "dispatcher" else _library.OPS["gm_to_mean"].fallback
+    iso = torch.ops.gmflow.gm_to_iso_gaussian if call == "dispatcher" else _library.OPS["gm_to_iso_gaussian"].fallback
     with pytest.raises(RuntimeError, match=r"gm_to_mean\(\): 'logweights' must have layout"):
         to_mean(args["means"], bad_w, 1.0)
     with pytest.raises(RuntimeError, match=r"gm_to_iso_gaussian\(\): 'logstds' must have layout"):
@@ -204,7 +204,7 @@ SAMPLING_CASES = [
 def _sampling_call(how, op, a):
     args = SAMPLING_CALLS[op](a)
     if how == "fallback":
-        return _library._FALLBACKS[op](*args)
+        return _library.OPS[op].fallback(*args)
     if how == "fake":
         args = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in args)
     return getattr(torch.ops.gmflow, op)(*args)
@@ -255,6 +255,6 @@ def test_spectral_sampling_rejects_odd_width():
     gm = gmflow.GaussianMixture(torch.randn(1, 2, 2, 4, 5), torch.zeros(1, 1, 1, 1, 1),
                                 torch.randn(1, 2, 1, 4, 5).log_softmax(1))
     with pytest.raises(ValueError, match=r"width W must be even for spectral sampling, got W=5"):
-        ops.gm_sample(gm, torch.zeros(1, 2, 4, 5))
+        ops.gm_spectral_sample(gm, torch.zeros(1, 2, 4, 5))
     with pytest.raises(ValueError, match=r"W must be even"):
         ops.spectral_gaussian_field(torch.zeros(1, 2, 4, 5))

@@ -9,14 +9,7 @@ from gmflow import GaussianMixture, IsoGaussian, ops
 from gmflow.flow import GMSecondOrderSolver, guide_gm, probabilistic_guidance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run small tensors: one intra-op thread avoids thread-pool overhead (and stalls on a
-    busy 2-core machine); the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 F64 = torch.float64
@@ -150,7 +143,7 @@ def test_second_order_step_formula():
     solver = GMSecondOrderSolver(ca=0.005, cb=1.0)
     solver(gm_prev, ops.gm_to_iso_gaussian(gm_prev), x_prev, 700.0, 300.0)
     out_gm, out_g = solver(gm, gauss, x_t, 400.0, 250.0)
-    m_prev = ops.gm_posterior_mean(gm_prev, x_t, x_prev, t=400.0, t_src=700.0)
+    m_prev = ops.gm_posterior_mean(gm_prev, x_prev, x_t, t_src=700.0, t_tgt=400.0)
     v = gauss.var.mean(dim=(-2, -1), keepdim=True)
     v_bar = v.mean(dim=(1, 2, 3), keepdim=True)
     damping = torch.sqrt(torch.clamp_min(1 - v_bar * 0.005 / 0.3**2, 0))

@@ -36,8 +36,8 @@ def test_one_exception_type_at_the_top_level():
 # -- issue 12 item 7: messages that name the argument and the layout ------------------------------------------
 @pytest.mark.parametrize("call", [
     lambda gm: ops.gm_to_sample(gm, n_samples=1.5),
-    lambda gm: ops.gm_sample(gm, n_samples=1.5),
-    lambda gm: ops.gm_sample(gm, torch.zeros(2, 4, 4, 4), n_samples=1.5),
+    lambda gm: ops.gm_spectral_sample(gm, n_samples=1.5),
+    lambda gm: ops.gm_spectral_sample(gm, torch.zeros(2, 4, 4, 4), n_samples=1.5),
     lambda gm: ops.gm_to_sample(gm, n_samples=0),
 ])
 def test_fractional_sample_count(call):
@@ -61,9 +61,9 @@ def test_iso_gaussian_without_a_variance():
 
 
 def test_spectral_sampling_on_an_empty_grid():
-    with pytest.raises(GMFlowInputError, match=r"gm_sample\(\): spectral sampling needs a non-empty pixel grid.*"
-                                               r"got means \[2, 3, 4, 0, 4\]"):
-        ops.gm_sample(_gm(H=0), torch.zeros(2, 4, 0, 4))
+    with pytest.raises(GMFlowInputError, match=r"gm_spectral_sample\(\): spectral sampling needs a non-empty pixel "
+                                               r"grid.*got means \[2, 3, 4, 0, 4\]"):
+        ops.gm_spectral_sample(_gm(H=0), torch.zeros(2, 4, 0, 4))
 
     def model(x, t):
         return GaussianMixture(x.unsqueeze(1), torch.zeros(x.shape[0], 1, 1, 1, 1), torch.zeros(x.shape[0], 1, 1,
@@ -73,6 +73,22 @@ def test_spectral_sampling_on_an_empty_grid():
                                                r"'noise' must have shape \(B, C, H, W\) with H, W >= 1, got "
                                                r"\(2, 4, 0, 0\)"):
         gmflow_sample(model, torch.zeros(2, 4, 0, 0), 2, output_mode="sample", spectrum_net=lambda g: g.mean)
+
+
+def test_ops_name_a_missing_variance_and_an_empty_spectral_grid():
+    layout = r"mean \(\.\.\., C, H, W\), var \(\.\.\., 1, H, W\) or \(\.\.\., 1, 1, 1\); got NoneType"
+    no_var = IsoGaussian(torch.zeros(2, 4, 4, 4), None)
+    with pytest.raises(GMFlowInputError, match=rf"gm_mul_iso_gaussian\(\): 'gaussian.var' must be a tensor of the "
+                                               rf"layout {layout}"):
+        ops.gm_mul_iso_gaussian(_gm(), no_var)
+    with pytest.raises(GMFlowInputError, match=rf"u_to_x_0\(\): 'out.var' must be a tensor of the layout {layout}"):
+        ops.u_to_x_0(no_var, torch.zeros(2, 4, 4, 4), 500.0)
+    for shape in ((2, 4, 0, 4), (2, 4, 4, 0)):
+        with pytest.raises(GMFlowInputError, match=r"spectral_gaussian_field\(\): 'log_power_spectrum' "
+                                                   r"\(\.\.\., C, H, W\) needs a non-empty pixel grid"):
+            ops.spectral_gaussian_field(torch.zeros(shape))
+    g, spectral = ops.spectral_gaussian_field(torch.zeros(0, 4, 4, 4), n_samples=2)  # an empty batch is no error
+    assert g.shape == spectral.shape == (0, 2, 4, 4, 4)
 
 
 # -- the policy: flow, models, pipeline ----------------------------------------------------------------------

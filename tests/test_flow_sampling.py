@@ -19,14 +19,7 @@ from gmflow.flow import (
     gmflow_sample,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run small tensors: one intra-op thread avoids thread-pool overhead (and stalls on a
-    busy 2-core machine); the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 T = 1000.0
@@ -188,7 +181,7 @@ def test_points_as_pixels_posterior_mean_is_exact():
     gm = ops.u_to_x_0(gm, torch.randn(16, 2, 1, 1), 700.0)
     x, xs = torch.randn(16, 2, 1, 1), torch.randn(16, 2, 1, 1)
     got = _posterior_mean_as_pixels(gm, x, xs, torch.tensor(500.0), torch.tensor(700.0), T)
-    torch.testing.assert_close(got, ops.gm_posterior_mean(gm, x, xs, t=500.0, t_src=700.0))
+    torch.testing.assert_close(got, ops.gm_posterior_mean(gm, xs, x, t_src=700.0, t_tgt=500.0))
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -20,14 +20,7 @@ from gmflow.flow import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run small tensors: one intra-op thread avoids thread-pool overhead (and stalls on a
-    busy 2-core machine); the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 T = 1000.0

@@ -10,14 +10,7 @@ import torch
 from gmflow import ops
 from gmflow.flow import FlowEulerODEScheduler, GMFlowSDEScheduler, SchedulerOutput
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run small tensors: one intra-op thread avoids thread-pool overhead (and stalls on a
-    busy 2-core machine); the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 T = 1000.0

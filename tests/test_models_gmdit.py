@@ -14,12 +14,7 @@ from gmdit_layout import RELEASED_TRANSFORMER_CONFIG, TINY_TRANSFORMER_CONFIG, g
 from gmflow.models import GMDIT_IMAGENET_K8, GMDiT, GMDiTConfig, sincos_pos_embed_2d, timestep_sinusoid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

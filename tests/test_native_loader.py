@@ -18,7 +18,8 @@ def fake_cuda_build(monkeypatch, tmp_path):
     library = tmp_path / "libgmflow_cuda.so"
     library.write_bytes(b"not an ELF file")
     monkeypatch.delenv(_native.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(_native, "_find", lambda filename: tmp_path / filename if filename == library.name else None)
+    monkeypatch.setattr(_native, "find_file",
+                        lambda filename: tmp_path / filename if filename == library.name else None)
     monkeypatch.setattr(_native.STATE, "build_info", {"built_with_torch_cuda": "13.0"})
     return library
 

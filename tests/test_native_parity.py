@@ -10,7 +10,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from conftest import NATIVE_CPU, NATIVE_CUDA
-from gmflow.reference import core as ref
+from gmflow.reference import density as ref
 from strategies import GmCase, gm_cases, tolerances
 
 

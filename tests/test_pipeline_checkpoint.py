@@ -21,12 +21,7 @@ from gmflow.pipelines import checkpoint as ckpt
 WEIGHTS = "diffusion_pytorch_model.bf16.safetensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gmflow.reference import flow as fl
 from gmflow.reference.algebra import gm_to_sample
-from gmflow.reference.core import gm_logprob, gm_to_mean
+from gmflow.reference.density import gm_logprob, gm_to_mean
 from gmflow.reference.transport import hartley2
 from gmflow.types import GaussianMixture, IsoGaussian
 
@@ -141,7 +141,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="prediction_type"):
         fl.reverse_transition(gm, right, 100.0, 500.0, prediction_type="v")
     with pytest.raises(ValueError, match="power_spectrum"):
-        fl.gm_sample(gm, torch.zeros(2, 3, 3, 4, dtype=F64))
+        fl.gm_spectral_sample(gm, torch.zeros(2, 3, 3, 4, dtype=F64))
 
 
 # ----------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def test_odd_width_is_rejected():
         fl.inverse_hartley2(torch.zeros(1, 2, 4, 5))
     gm = make_gm(H=4, W=5)
     with pytest.raises(ValueError, match="even"):
-        fl.gm_sample(gm, torch.zeros(2, 2, 4, 5, dtype=F64))
+        fl.gm_spectral_sample(gm, torch.zeros(2, 2, 4, 5, dtype=F64))
 
 
 def test_flat_spectrum_gives_iid_standard_normal_pixels():
@@ -385,7 +385,7 @@ def test_normalised_spectrum_preserves_average_variance_and_correlates_pixels():
 def test_gm_sample_with_flat_spectrum_has_gm_marginals():
     n = 4000
     gm = make_gm(batch=(1,), K=3, C=2, H=2, W=2, seed=10, logstd=-0.8)
-    samples, S = fl.gm_sample(
+    samples, S = fl.gm_spectral_sample(
         gm, torch.zeros(1, 2, 2, 2, dtype=F64), n_samples=n, generator=torch.Generator().manual_seed(6)
     )
     assert samples.shape == S.shape == (1, n, 2, 2, 2)
@@ -396,7 +396,7 @@ def test_gm_sample_with_flat_spectrum_has_gm_marginals():
 
 def test_gm_sample_without_spectrum_is_ancestral_sampling():
     gm = make_gm(seed=11)
-    a, none = fl.gm_sample(gm, n_samples=3, generator=torch.Generator().manual_seed(7))
+    a, none = fl.gm_spectral_sample(gm, n_samples=3, generator=torch.Generator().manual_seed(7))
     assert none is None
     assert torch.equal(a, gm_to_sample(gm, n_samples=3, generator=torch.Generator().manual_seed(7)))
 
@@ -406,9 +406,9 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(with_spectrum):
     gm = make_gm(seed=12)
     P = torch.randn(2, 2, 3, 4, dtype=F64) if with_spectrum else None
     state = torch.get_rng_state()
-    a = fl.gm_sample(gm, P, 2, torch.Generator().manual_seed(8))[0]
-    b = fl.gm_sample(gm, P, 2, torch.Generator().manual_seed(8))[0]
-    c = fl.gm_sample(gm, P, 2, torch.Generator().manual_seed(9))[0]
+    a = fl.gm_spectral_sample(gm, P, 2, torch.Generator().manual_seed(8))[0]
+    b = fl.gm_spectral_sample(gm, P, 2, torch.Generator().manual_seed(8))[0]
+    c = fl.gm_spectral_sample(gm, P, 2, torch.Generator().manual_seed(9))[0]
     d = fl.reverse_transition(
         torch.zeros(2, 2, 3, 4), torch.zeros(2, 2, 3, 4), 10.0, 20.0, generator=torch.Generator().manual_seed(8)
     )
@@ -425,7 +425,7 @@ def test_gm_to_model_output():
     P = torch.zeros(2, 2, 3, 4, dtype=F64)
     out = fl.gm_to_model_output(gm, "sample", P, torch.Generator().manual_seed(10))
     assert out.shape == (2, 2, 3, 4)
-    assert torch.equal(out, fl.gm_sample(gm, P, 1, torch.Generator().manual_seed(10))[0][:, 0])
+    assert torch.equal(out, fl.gm_spectral_sample(gm, P, 1, torch.Generator().manual_seed(10))[0][:, 0])
     with pytest.raises(ValueError, match="output_mode"):
         fl.gm_to_model_output(gm, "median")
 
@@ -453,7 +453,7 @@ def test_no_input_is_mutated():
     fl.reverse_transition(x_src, x, t / 2, t, generator=gen)
     fl.gm_posterior_mean(gm, x, x_src, t / 2, t, prediction_type="u")
     fl.denoising_gm_convert_to_mean(gm, x, x_src, t / 2, t)
-    fl.gm_sample(gm, P, 2, gen)
+    fl.gm_spectral_sample(gm, P, 2, gen)
     fl.gm_to_model_output(gm, "sample", generator=gen)
     fl.spectral_gaussian_field(P, 2, gen)
     fl.inverse_hartley2(P)
@@ -477,7 +477,7 @@ def test_16bit_inputs(dtype):
         fl.reverse_transition(x_src, x, t / 2, t, generator=gen),
         fl.gm_posterior_mean(gm, x, x_src, t / 2, t),
         fl.denoising_gm_convert_to_mean(gm, x, x_src, t / 2, t),
-        fl.gm_sample(gm, P, 2, gen)[0],
+        fl.gm_spectral_sample(gm, P, 2, gen)[0],
         fl.gm_to_model_output(gm, "sample", generator=gen),
         fl.inverse_hartley2(P),
     ]

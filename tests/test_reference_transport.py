@@ -11,7 +11,7 @@ from scipy import stats
 
 from gmflow.reference import transport as tr
 from gmflow.reference.algebra import gm_to_gaussian, gm_to_sample
-from gmflow.reference.core import gm_logprob
+from gmflow.reference.density import gm_logprob
 from gmflow.types import GaussianMixture
 
 F64 = torch.float64

@@ -180,14 +180,14 @@ def test_posterior_mean_of_an_exact_gm_posterior_is_the_closed_form(per_componen
     s_src, s_tgt = 0.7, 0.35
     post_src, _ = _exact_posterior(prior, x_src, s_src)
     _, expected = _exact_posterior(prior, x_tgt, s_tgt)
-    out = ops.gm_posterior_mean(post_src, x_tgt, x_src, sigma_t_src=s_src, sigma_t=s_tgt)
+    out = ops.gm_posterior_mean(post_src, x_src, x_tgt, sigma_src=s_src, sigma_tgt=s_tgt)
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_posterior_mean_at_the_source_time_is_the_gm_mean():
     gm = make_gm(dtype=torch.float32, seed=11)
     x = torch.randn(2, 3, 2, 3)
-    out = ops.gm_posterior_mean(gm, x, x, t=600.0, t_src=600.0)
+    out = ops.gm_posterior_mean(gm, x, x, t_src=600.0, t_tgt=600.0)
     torch.testing.assert_close(out, ops.gm_to_mean(gm), rtol=1e-5, atol=1e-5)
 
 
@@ -214,9 +214,9 @@ def test_sampling_is_seeded_and_leaves_the_global_rng(with_spectrum):
     gm = make_gm(batch=(2,), K=3, C=2, H=4, W=4, dtype=torch.float32, seed=14)
     P = torch.log_softmax(torch.randn(2, 2, 16), -1).reshape(2, 2, 4, 4) + math.log(16) if with_spectrum else None
     state = torch.random.get_rng_state()
-    a = ops.gm_sample(gm, P, n_samples=3, generator=torch.Generator().manual_seed(7))
-    b = ops.gm_sample(gm, P, n_samples=3, generator=torch.Generator().manual_seed(7))
-    c = ops.gm_sample(gm, P, n_samples=3, generator=torch.Generator().manual_seed(8))
+    a = ops.gm_spectral_sample(gm, P, n_samples=3, generator=torch.Generator().manual_seed(7))
+    b = ops.gm_spectral_sample(gm, P, n_samples=3, generator=torch.Generator().manual_seed(7))
+    c = ops.gm_spectral_sample(gm, P, n_samples=3, generator=torch.Generator().manual_seed(8))
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
     g = torch.randn(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(0))

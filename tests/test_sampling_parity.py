@@ -1,5 +1,5 @@
 """Native kernels of the sampling-path ops vs their pure-PyTorch reference
-(gmflow.reference.sampling_ops), over hypothesis-drawn shapes, K, dtypes (16-bit computed
+(the ``reference`` functions of the gmflow._ops modules), over hypothesis-drawn shapes, K, dtypes (16-bit computed
 in fp32), broadcasting, strides and empty inputs; and the reference's spelled-out backward
 formulas vs autograd of the reference forward."""
 
@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NATIVE_CPU, NATIVE_CUDA
-from gmflow.reference import sampling_ops as sref
+from gmflow import _library
+from gmflow._ops import gm1d_inverse_cdf as icdf_op
+from gmflow._ops import kr as kr_op
+from gmflow._ops import mul_iso_gaussian as mul_op
+from gmflow._ops import posterior_mean as posterior_op
+from gmflow._ops import sample as sample_op
+from gmflow.reference.common import acc_dtype
 from strategies import GmCase, gm_cases, tolerances, with_layout
 
 
@@ -31,7 +37,7 @@ def _close(actual, expected, dtype, scale=None, factor=1.0):
 
 
 def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return acc_dtype(dtype)
 
 
 def _extra(case: GmCase, name: str, tail, seed: int, low=None, high=None, kind="normal"):
@@ -67,7 +73,7 @@ def test_gm_mul_iso_gaussian(device, case, per_pixel_var, powers):
                   low=0.2, high=2.0)
     args = (means, logstds, logweights, g_mean, g_var, *powers)
     out = torch.ops.gmflow.gm_mul_iso_gaussian(*args)
-    expected = sref.gm_mul_iso_gaussian(*args)
+    expected = mul_op.reference(*args)
     for a, e in zip(out, expected):
         assert a.dtype == case.dtype and a.is_contiguous()
         _close(a, e, case.dtype)
@@ -80,7 +86,7 @@ def test_gm_mul_iso_gaussian_eps_clamp(device):
     g_mean = torch.randn(2, 2, 3, 4, dtype=torch.float64, device=device)
     g_var = torch.full((2, 1, 1, 1), 1e-3, dtype=torch.float64, device=device)
     out = torch.ops.gmflow.gm_mul_iso_gaussian(means, logstds, logweights, g_mean, g_var, 1.0, -1.0, 1e-6)
-    for a, e in zip(out, sref.gm_mul_iso_gaussian(means, logstds, logweights, g_mean, g_var, 1.0, -1.0, 1e-6)):
+    for a, e in zip(out, mul_op.reference(means, logstds, logweights, g_mean, g_var, 1.0, -1.0, 1e-6)):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
 
 
@@ -105,7 +111,7 @@ def test_gm_posterior_mean(device, case, same_time):
     _require_native(device)
     args = _posterior_inputs(case, device, same_time)
     out = torch.ops.gmflow.gm_posterior_mean(*args, 1e-6)
-    expected = sref.gm_posterior_mean(*args, 1e-6)
+    expected = posterior_op.reference(*args, 1e-6)
     assert out.dtype == case.dtype and out.is_contiguous()
     _close(out, expected, case.dtype, factor=4.0)
 
@@ -119,7 +125,7 @@ def test_gm_posterior_mean_backward(device, case, mask):
     grad = torch.randn(mean.shape, generator=torch.Generator().manual_seed(case.seed), dtype=torch.float64)
     grad = grad.to(device=device, dtype=case.dtype)
     grads = torch.ops.gmflow.gm_posterior_mean_backward(grad, *args, mean, 1e-6, mask)
-    expected = sref.gm_posterior_mean_backward(grad, *args, mean, 1e-6, mask)
+    expected = posterior_op.reference_backward(grad, *args, mean, 1e-6, mask)
     for g, e, m, x in zip(grads, expected, mask, args[:3]):
         if not m:
             assert g.numel() == 0
@@ -132,10 +138,10 @@ def test_gm_posterior_mean_backward(device, case, mask):
 @settings(max_examples=15)
 def test_reference_posterior_backward_matches_autograd(case):
     args = [t.detach().requires_grad_(i < 3) for i, t in enumerate(_posterior_inputs(case, "cpu"))]
-    out = sref.gm_posterior_mean(*args, 1e-6)
+    out = posterior_op.reference(*args, 1e-6)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     (out * weight).sum().backward()
-    explicit = sref.gm_posterior_mean_backward(weight, *(a.detach() for a in args), out.detach(), 1e-6, [True] * 3)
+    explicit = posterior_op.reference_backward(weight, *(a.detach() for a in args), out.detach(), 1e-6, [True] * 3)
     for e, a in zip(explicit, args[:3]):
         torch.testing.assert_close(e, a.grad, rtol=1e-8, atol=1e-8)
 
@@ -164,7 +170,7 @@ def test_gm1d_inverse_cdf(device, case, with_gaussian, n_steps):
         n_steps = 16
     m, s, w, c, g = _gm1d_inputs(case, device, with_gaussian)
     out = torch.ops.gmflow.gm1d_inverse_cdf(m, s, w, c, g, n_steps, 1e-6, 1.5)
-    expected = sref.gm1d_inverse_cdf(m, s, w, c, g, n_steps, 1e-6, 1.5)
+    expected = icdf_op.reference(m, s, w, c, g, n_steps, 1e-6, 1.5)
     assert out.dtype == case.dtype and out.is_contiguous()
     _close(out, expected, case.dtype, factor=5.0)
 
@@ -179,7 +185,7 @@ def test_gm1d_inverse_cdf_backward(device, case, mask):
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(case.seed), dtype=torch.float64)
     grad = grad.to(device=device, dtype=case.dtype)
     grads = torch.ops.gmflow.gm1d_inverse_cdf_backward(grad, m, s, w, c, x, 1e-6, mask)
-    expected = sref.gm1d_inverse_cdf_backward(grad, m, s, w, c, x, 1e-6, mask)
+    expected = icdf_op.reference_backward(grad, m, s, w, c, x, 1e-6, mask)
     for got, e, msk, inp in zip(grads, expected, mask, (m, s, w, c)):
         if not msk:
             assert got.numel() == 0
@@ -218,7 +224,7 @@ def test_gm_kr_inverse(device, case, per_pixel, data, n_steps):
     n_axes = data.draw(st.integers(1, case.C))
     means, logstds, logweights, g, V, u = _kr_inputs(case, device, per_pixel, n_axes)
     out = torch.ops.gmflow.gm_kr_inverse(means, logstds, logweights, g, V, u, n_axes, n_steps, 1e-6, 1.5)
-    expected = sref.gm_kr_inverse(means, logstds, logweights, g, V, u, n_axes, n_steps, 1e-6, 1.5)
+    expected = kr_op.reference_inverse(means, logstds, logweights, g, V, u, n_axes, n_steps, 1e-6, 1.5)
     assert out.dtype == case.dtype and out.is_contiguous()
     _close(out, expected, case.dtype, factor=10.0)
 
@@ -230,7 +236,7 @@ def test_gm_kr_forward(device, case, per_pixel, data):
     n_axes = data.draw(st.integers(1, case.C))
     means, logstds, logweights, x, V, _ = _kr_inputs(case, device, per_pixel, n_axes)
     out = torch.ops.gmflow.gm_kr_forward(means, logstds, logweights, x, V, n_axes, 1e-6)
-    expected = sref.gm_kr_forward(means, logstds, logweights, x, V, n_axes, 1e-6)
+    expected = kr_op.reference_forward(means, logstds, logweights, x, V, n_axes, 1e-6)
     assert out.dtype == case.dtype and out.is_contiguous()
     # erfinv near +-1 amplifies the float erf differences (d erfinv/du ~ 1/pdf): compare in u.
     if case.dtype == torch.float64:
@@ -253,7 +259,7 @@ def test_gm_sample(device, case, power, cov_sharpen):
     u = _extra(case, "samples", (case.N, 1, case.H, case.W), 9, low=0.0, high=1.0, kind="uniform").to(acc).to(device)
     z = samples.to(acc)
     out = torch.ops.gmflow.gm_sample(means, logstds, logweights, u, z, power, cov_sharpen)
-    expected = sref.gm_sample(means, logstds, logweights, u, z, power, cov_sharpen)
+    expected = sample_op.reference(means, logstds, logweights, u, z, power, cov_sharpen)
     assert out.dtype == case.dtype and out.is_contiguous()
     _close(out, expected, case.dtype)
 
@@ -275,7 +281,7 @@ def test_many_components_and_zero_weights(device):
         ("gm_mul_iso_gaussian", (means, logstds, logweights, samples[:, 0], logstds.exp()[:, 0], 1.0, 1.0, 1e-6)),
     ]:
         out = getattr(torch.ops.gmflow, op)(*args)
-        expected = getattr(sref, op)(*args)
+        expected = _library.OPS[op].fallback(*args)
         for a, e in zip(out if isinstance(out, tuple) else (out,), expected if isinstance(expected, tuple) else (expected,)):
             assert not torch.isnan(a).any(), op
             _close(a, e, torch.float32, factor=10.0)
@@ -297,9 +303,9 @@ def test_empty_inputs(device):
         ]
         for op, args in calls:
             out = getattr(torch.ops.gmflow, op)(*args)
-            assert out.shape == getattr(sref, op)(*args).shape, op
+            assert out.shape == _library.OPS[op].fallback(*args).shape, op
         m1, s1, w1, c1 = calls[3][1][:4]
         x = torch.ops.gmflow.gm1d_inverse_cdf(m1, s1, w1, c1, None, 4, 1e-6, 1.5)
         grads = torch.ops.gmflow.gm1d_inverse_cdf_backward(x, m1, s1, w1, c1, x, 1e-6, [True] * 4)
-        for g, e in zip(grads, sref.gm1d_inverse_cdf_backward(x, m1, s1, w1, c1, x, 1e-6, [True] * 4)):
+        for g, e in zip(grads, icdf_op.reference_backward(x, m1, s1, w1, c1, x, 1e-6, [True] * 4)):
             torch.testing.assert_close(g, e)  # N == 0: zero gradients for the GM

@@ -24,14 +24,7 @@ from gmflow.toy.model import GMFlowMLP2DDenoiser, timestep_embedding
 from gmflow.toy.train import ToyTrainConfig, karras_ema_beta, load_checkpoint, save_checkpoint, train_toy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run small tensors: one intra-op thread avoids thread-pool overhead (and stalls on a
-    busy 2-core machine); the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DATA = Checkerboard()

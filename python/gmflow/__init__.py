@@ -5,7 +5,7 @@ fallback, fake kernels, autograd) and loads the native CPU/CUDA kernels that
 apply to the installed torch. ``python -m gmflow.info`` reports what loaded.
 """
 
-from . import _library  # noqa: F401  (defines torch.ops.gmflow before native kernels register)
+from . import _ops  # noqa: F401  (defines torch.ops.gmflow before native kernels register)
 from . import _native
 from ._validation import GMFlowInputError
 from .types import Gaussian, GaussianMixture, GaussianMixture1D, GaussianMixtureCov, IsoGaussian

@@ -59,8 +59,8 @@ def _package_dirs() -> list[Path]:
     return [Path(p) for p in importlib.util.find_spec(__package__).submodule_search_locations]
 
 
-def _find(filename: str) -> Path | None:
-    # Editable installs split the package over several directories.
+def find_file(filename: str) -> Path | None:
+    """``filename`` in the package's directories (editable installs split the package over several), or None."""
     for directory in _package_dirs():
         candidate = directory / filename
         if candidate.exists():
@@ -68,7 +68,8 @@ def _find(filename: str) -> Path | None:
     return None
 
 
-def _torch_version() -> tuple[int, int]:
+def torch_version() -> tuple[int, int]:
+    """The running torch's (major, minor)."""
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
     return int(major), int(minor)
 
@@ -81,7 +82,7 @@ def load() -> NativeState:
     """Loads whatever native libraries apply to this torch; idempotent."""
     if STATE.libraries:
         return STATE
-    info_path = _find("_build_info.json")
+    info_path = find_file("_build_info.json")
     if info_path is not None:
         STATE.build_info = json.loads(info_path.read_text())
     for name in ("cpu", "cuda"):
@@ -94,13 +95,13 @@ def _load_one(name: str) -> LibraryStatus:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         status.reason = f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
         return status
-    if _torch_version() < MIN_TORCH:
+    if torch_version() < MIN_TORCH:
         status.reason = f"torch {torch.__version__} is older than 2.10, the stable-ABI target of the native libraries"
         return status
     if name == "cuda" and not torch.version.cuda:
         status.reason = f"torch {torch.__version__} is a CPU-only build (the CUDA library needs a CUDA build of torch)"
         return status
-    path = _find(f"libgmflow_{name}.so")
+    path = find_file(f"libgmflow_{name}.so")
     if path is None:
         status.reason = "not part of this build" + (
             " (built without CUDA kernels; see GMFLOW_CUDA in the README)" if name == "cuda" else ""

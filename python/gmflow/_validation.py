@@ -201,9 +201,12 @@ def check_output_mask(op: str, output_mask: Sequence[bool], n: int) -> None:
 GM1D_MEANS_LAYOUT = "(..., K, H, W)"
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulation dtype of the kernels: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The accumulation dtype: float64 if any input is float64, else float32 (16-bit inputs are
+    computed in float32 and cast back). The one place this rule lives, for the checks, the reference
+    (:mod:`gmflow.reference.common` re-exports it), the wrappers and the op schemas (sigmas, rotations
+    and random numbers come in this dtype)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def check_acc_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
@@ -407,3 +410,11 @@ def sample_shape(op, means, logstds, logweights, uniforms, normals, gm_power=1.0
                                  ("uniforms", uniforms, 4), ("normals", normals, 4)])
     check_scalar(op, "gm_power", gm_power, FINITE_POSITIVE if cov_sharpen else FINITE)
     return batch + [N, C, H, W]
+
+
+def check_backward_args(op: str, output_mask: Sequence[bool], n_inputs: int, names: Sequence[str],
+                        tensors: Sequence[Tensor], means: Tensor, out_shape: list[int]) -> None:
+    """The extra arguments of a ``*_backward`` op: an output mask per differentiable input, and the
+    incoming gradient and the saved forward output (``names``/``tensors``) in the forward's output shape."""
+    check_output_mask(op, output_mask, n_inputs)
+    check_grad_like(op, names, tensors, means, out_shape)

@@ -48,14 +48,14 @@ def load_cuda_emulation():
         return _state["ops"]
     if "error" in _state:
         raise RuntimeError(_state["error"])
-    path = _native._find(LIBRARY)
+    path = _native.find_file(LIBRARY)
     if path is None:
         _state["error"] = (
             f"gmflow: {LIBRARY} is not part of this build; rebuild with "
             "`GMFLOW_CUDA_EMULATION=ON pip install --no-build-isolation .`"
         )
         raise RuntimeError(_state["error"])
-    if _native._torch_version() < _native.MIN_TORCH:
+    if _native.torch_version() < _native.MIN_TORCH:
         _state["error"] = f"gmflow: torch {torch.__version__} is older than the stable-ABI target of {LIBRARY}"
         raise RuntimeError(_state["error"])
     library = torch.library.Library(NAMESPACE, "DEF")

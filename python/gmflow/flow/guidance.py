@@ -116,7 +116,7 @@ class GMSecondOrderSolver:
 
     Call once per outer sampling step with the step's x0-GM, its Gaussian moments, the state ``x_t``,
     time ``t`` and step size ``h = t - t_next`` (T-units). Later calls compute
-    ``m_prev = gm_posterior_mean(prev_gm, x_t, prev_x_t, t, prev_t)``, the damped 2nd-order term
+    ``m_prev = gm_posterior_mean(prev_gm, prev_x_t, x_t, prev_t, t)``, the damped 2nd-order term
     ``Delta = (m_now - m_prev) sqrt(max(1 - v_bar (g'^2 + ca) / h_bar^2, 0)) h / (2 h_prev)``
     (``h_bar = h_prev / T``, ``g' = w cb``), fuse it with the CFG bias (if guidance), cap its RMS at
     ``sqrt(v_bar)``, and apply it to the base GM as one Gaussian mask; ``correction_steps`` further
@@ -189,7 +189,8 @@ class GMSecondOrderSolver:
             base_gaussian = IsoGaussian(gaussian_output.mean, gaussian_output.var.mean(dim=(-2, -1), keepdim=True))
             base_gm = gm_output
             v_bar = _mean_nonbatch(base_gaussian.var)
-        m_prev = ops.gm_posterior_mean(prev.gm, x_t, prev.x_t, t=t, t_src=prev.t, num_timesteps=self.num_timesteps)
+        m_prev = ops.gm_posterior_mean(prev.gm, prev.x_t, x_t, t_src=prev.t, t_tgt=t,
+                                       num_timesteps=self.num_timesteps)
         w = _as_scale(w, m_now)
         k = 0.5 * h / prev.h
         h_bar = prev.h / self.num_timesteps

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from gmflow import GMFlowInputError, ops
+from gmflow.reference.common import acc_dtype
 from gmflow.types import GaussianMixture, IsoGaussian
 
 from .schedule import NUM_TIMESTEPS, TimestepSampler
@@ -74,7 +75,7 @@ def transition_pair(
         raise GMFlowInputError(f"trans_ratio must be in (0, 1], got {trans_ratio}")
     sampler = timestep_sampler or TimestepSampler(num_timesteps=num_timesteps)
     B = x_0.shape[0]
-    work = torch.float64 if x_0.dtype == torch.float64 else torch.float32
+    work = acc_dtype(x_0.dtype)
     t_high = sampler.sample(B, generator=generator, device=x_0.device, dtype=work)
     t_high = t_high.clamp(eps, num_timesteps)
     t_low = torch.minimum(t_high * (1 - trans_ratio), t_high - eps).clamp_min(0)

@@ -83,7 +83,7 @@ def _posterior_mean_as_pixels(gm: GaussianMixture, x: Tensor, x_src: Tensor, t: 
     contiguous rows instead of C = 2 wide ones (~5x faster on a CPU for the toy)."""
     B = x.shape[0]
     gm_px = GaussianMixture(*(_points_as_pixels(v.expand(B, *v.shape[1:])) for v in gm))
-    mean = ops.gm_posterior_mean(gm_px, _points_as_pixels(x), _points_as_pixels(x_src), t=t, t_src=t_src,
+    mean = ops.gm_posterior_mean(gm_px, _points_as_pixels(x_src), _points_as_pixels(x), t_src=t_src, t_tgt=t,
                                  num_timesteps=T)
     return mean.squeeze(-1).movedim(-1, 0).unsqueeze(-1).unsqueeze(-1)
 
@@ -94,7 +94,7 @@ def _posterior_mean(gm: GaussianMixture, x: Tensor, x_src: Tensor, t: Tensor, t_
     points = x.shape[-2:] == (1, 1) and gm.logstds.shape[-4] == 1 and gm.means.shape[0] == x.shape[0]
     if points and not native_kernel_serves("gm_posterior_mean", x.device):
         return _posterior_mean_as_pixels(gm, x, x_src, t, t_src, T)
-    return ops.gm_posterior_mean(gm, x, x_src, t=t, t_src=t_src, num_timesteps=T)
+    return ops.gm_posterior_mean(gm, x_src, x, t_src=t_src, t_tgt=t, num_timesteps=T)
 
 
 def _batch_time(t: Tensor, batch: int, dtype: torch.dtype) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from gmflow import GMFlowInputError
+from gmflow.reference.common import acc_dtype
 
 from .schedule import NUM_TIMESTEPS, flow_sigmas
 
@@ -163,7 +164,7 @@ class _FlowScheduler:
         keywords. Returns :class:`SchedulerOutput` (or a tuple with ``return_dict=False``)."""
         self._check_prediction_type(prediction_type)
         sigma, sigma_next = self._begin_step(timestep)
-        work = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        work = acc_dtype(sample.dtype)
         x, out = sample.to(work), model_output.to(work)
         x0 = x - sigma.to(work) * out if prediction_type == "u" else out
         prev = self._advance(x, out, x0, sigma.to(work), sigma_next.to(work), prediction_type, generator, **options)

@@ -7,7 +7,7 @@ the caller's containers (upstream cached ``gm_vars``/``gm_weights``/``logstd``/
 16-bit inputs are computed in fp32 and cast back; fp64 stays fp64.
 Random functions take a ``generator`` that is used for every draw.
 
-The ops already in :mod:`gmflow.reference.core` (``gm_logprob``, ``gm_to_mean``,
+The ops already in :mod:`gmflow.reference.density` (``gm_logprob``, ``gm_to_mean``,
 ``gm_to_iso_gaussian``) are not repeated here.
 """
 
@@ -18,19 +18,27 @@ import math
 import torch
 from torch import Tensor
 
-from gmflow._validation import GMFlowInputError, check_floating
+from gmflow._validation import check_floating
 from gmflow.types import Gaussian, GaussianMixture, GaussianMixtureCov, IsoGaussian
 
-from .core import gm_logprob
+from .common import (
+    LOG_2PI,
+    acc_dtype,
+    check_channels,
+    check_gm,
+    check_shared_logstds,
+    gm_batch_shape,
+    gm_in_acc_dtype,
+)
 
 __all__ = [
     "gaussian_mul_gaussian",
     "gm_cov_logprob",
-    "gm_entropy",
-    "gm_kl_div",
     "gm_mul_gaussian",
     "gm_mul_gm",
+    "expand_pixel_logstds",
     "gm_mul_iso_gaussian",
+    "gm_mul_iso_gaussian_compact",
     "gm_temperature",
     "gm_to_gaussian",
     "gm_to_sample",
@@ -39,72 +47,6 @@ __all__ = [
     "iso_gaussian_mul_iso_gaussian",
     "psd_inverse",
 ]
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-# ----------------------------------------------------------------------------------------
-# Shared private helpers (also used by gm1d / transport / flow)
-
-
-def _work_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """fp64 if any input is fp64, else fp32 (16-bit inputs are computed in fp32)."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-def _result_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _check_gm(gm, name: str = "gm") -> None:
-    """Raises a ValueError naming ``name`` if ``gm`` does not follow the iso-GM layout."""
-    if not isinstance(gm, GaussianMixture):
-        raise TypeError(f"{name} must be a GaussianMixture, got {type(gm).__name__}")
-    means, logstds, logweights = gm
-    for part, t in zip(("means", "logstds", "logweights"), gm):
-        check_floating(f"{name}.{part}", t)
-    if means.dim() < 4:
-        raise ValueError(f"{name}.means must have shape (..., K, C, H, W), got {tuple(means.shape)}")
-    K = means.shape[-4]
-    if K < 1:
-        raise GMFlowInputError(f"{name}.means (..., K, C, H, W) must have at least one component (K >= 1), "
-                               f"got {tuple(means.shape)}")
-    if logweights.dim() < 4 or logweights.shape[-4] != K or logweights.shape[-3] != 1:
-        raise ValueError(f"{name}.logweights must have shape (..., K={K}, 1, H, W), got {tuple(logweights.shape)}")
-    if logstds.dim() < 4 or logstds.shape[-4] not in (1, K) or logstds.shape[-3] != 1:
-        raise ValueError(
-            f"{name}.logstds must have shape (..., 1, 1, 1, 1) or (..., K={K}, 1, H, W), got {tuple(logstds.shape)}"
-        )
-
-
-def _check_channels(x: Tensor, C: int, name: str) -> None:
-    """``x (..., C, H, W)`` must be a float tensor with the GM's channel count at dim -3."""
-    check_floating(name, x)
-    if x.dim() < 3 or x.shape[-3] != C:
-        raise ValueError(f"{name} must have shape (..., C={C}, H, W), got {tuple(x.shape)}")
-
-
-def _check_shared_logstds(gm: GaussianMixture, name: str = "gm") -> None:
-    if gm.logstds.shape[-4:] != (1, 1, 1, 1):
-        raise ValueError(
-            f"{name}.logstds must be one shared std of shape (..., 1, 1, 1, 1) for this op, "
-            f"got {tuple(gm.logstds.shape)}"
-        )
-
-
-def _gm_work(gm: GaussianMixture) -> tuple[GaussianMixture, torch.dtype]:
-    """The GM cast to its working dtype, and the dtype to cast results back to."""
-    dtype = gm.means.dtype
-    work = _work_dtype(*(t.dtype for t in gm))
-    return gm.map(lambda t: t.to(work)), dtype
-
-
-def _gm_batch_shape(gm: GaussianMixture) -> torch.Size:
-    return torch.broadcast_shapes(gm.means.shape[:-4], gm.logstds.shape[:-4], gm.logweights.shape[:-4])
-
 
 def _draw_component_indices(logits: Tensor, n_samples: int, generator: torch.Generator | None) -> Tensor:
     """Categorical draws with replacement along the LAST dim: ``(..., K) -> (..., N)``."""
@@ -124,7 +66,7 @@ def psd_inverse(x: Tensor) -> Tensor:
     Raises ``torch.linalg.LinAlgError`` if some matrix is not positive definite.
     """
     dtype = x.dtype
-    L = torch.linalg.cholesky(x.to(_work_dtype(dtype)))
+    L = torch.linalg.cholesky(x.to(acc_dtype(dtype)))
     return torch.cholesky_inverse(L).to(dtype)
 
 
@@ -140,7 +82,7 @@ def gm_to_gaussian(gm: GaussianMixture | GaussianMixtureCov, cov_scale: float = 
     """
     if isinstance(gm, GaussianMixtureCov):
         dtype = gm.means.dtype
-        work = _work_dtype(*(t.dtype for t in gm))
+        work = acc_dtype(*(t.dtype for t in gm))
         means, covs, logweights = (t.to(work) for t in gm)
         if covs.shape[-5] not in (1, means.shape[-4]):
             raise ValueError(f"gm.covs must have 1 or K={means.shape[-4]} components, got {covs.shape[-5]}")
@@ -150,8 +92,8 @@ def gm_to_gaussian(gm: GaussianMixture | GaussianMixtureCov, cov_scale: float = 
         else:
             within = (w.unsqueeze(-1) * covs).sum(dim=-5, keepdim=True)
     else:
-        _check_gm(gm)
-        gm, dtype = _gm_work(gm)
+        check_gm(gm)
+        gm, dtype = gm_in_acc_dtype(gm)
         means = gm.means.movedim(-3, -1)  # (..., K, H, W, C)
         w = gm.weights.squeeze(-3).unsqueeze(-1)
         var = gm.variances.squeeze(-3)  # (..., 1|K, H|1, W|1)
@@ -170,7 +112,14 @@ def gm_to_gaussian(gm: GaussianMixture | GaussianMixtureCov, cov_scale: float = 
 # §1.5 – §1.9 products
 
 
-def gm_mul_iso_gaussian(
+def gm_mul_iso_gaussian(gm: GaussianMixture, gaussian: IsoGaussian, gm_power: float = 1.0,
+                        gaussian_power: float = 1.0, eps: float = 1e-6) -> GaussianMixture:
+    """:func:`gm_mul_iso_gaussian_compact` with a per-pixel std expanded to per-component logstds
+    ``(..., K, 1, H, W)`` (:func:`expand_pixel_logstds`)."""
+    return expand_pixel_logstds(gm_mul_iso_gaussian_compact(gm, gaussian, gm_power, gaussian_power, eps))
+
+
+def gm_mul_iso_gaussian_compact(
     gm: GaussianMixture,
     gaussian: IsoGaussian,
     gm_power: float = 1.0,
@@ -185,20 +134,21 @@ def gm_mul_iso_gaussian(
     ``logstd' = logstd + 1/2 log v_g - 1/2 log n``  (``v' = v v_g / (v_g + r v)``).
 
     ``gaussian.var`` of shape ``(..., 1, 1, 1)`` keeps a shared output std; a per-pixel
-    ``(..., 1, H, W)`` var gives per-component logstds ``(..., K, 1, H, W)``.
+    ``(..., 1, H, W)`` var gives a per-pixel std ``(..., 1, 1, H, W)`` (the compact layout of the
+    op; :func:`gm_mul_iso_gaussian` expands it to per-component logstds).
 
     Upstream difference: returns only the GM (upstream also returned ``gm_power`` unchanged)
     and never caches ``logstd`` into the Gaussian or ``gm_vars`` into the GM. Per-component
     stds ``(..., K, 1, H, W)`` get the k-dependent normaliser term ``-C/2 log n_k`` that upstream
     dropped (it is constant, hence irrelevant, for a shared std).
     """
-    _check_gm(gm)
-    _check_channels(gaussian.mean, gm.means.shape[-3], "gaussian.mean")
+    check_gm(gm)
+    check_channels(gaussian.mean, gm.means.shape[-3], "gaussian.mean")
     check_floating("gaussian.var", gaussian.var)
     if gm_power == 0:
         raise ValueError("gm_power must be non-zero")
     dtype = gm.means.dtype
-    work = _work_dtype(*(t.dtype for t in gm), *(t.dtype for t in gaussian))
+    work = acc_dtype(*(t.dtype for t in gm), *(t.dtype for t in gaussian))
     means, logstds, logweights = (t.to(work) for t in gm)
     mean_g = gaussian.mean.to(work).unsqueeze(-4)
     var_g = gaussian.var.to(work).unsqueeze(-4)
@@ -212,11 +162,17 @@ def gm_mul_iso_gaussian(
         delta = delta - 0.5 * means.shape[-3] * torch.log(norm)
     out_logweights = torch.log_softmax(logweights + delta, dim=-4)
     out_logstds = logstds + 0.5 * torch.log(var_g) - 0.5 * torch.log(norm)
-    if out_logstds.shape[-2:] != (1, 1) and out_logstds.shape[-4] == 1:
-        # a per-pixel std is only representable in the per-component layout
-        K = means.shape[-4]
-        out_logstds = out_logstds.expand(*out_logstds.shape[:-4], K, 1, *out_logstds.shape[-2:])
     return GaussianMixture(out_means.to(dtype), out_logstds.to(dtype), out_logweights.to(dtype))
+
+
+def expand_pixel_logstds(gm: GaussianMixture) -> GaussianMixture:
+    """``gm`` with a per-pixel shared std ``(..., 1, 1, H, W)`` expanded to the per-component layout
+    ``(..., K, 1, H, W)``, the only GM layout that represents it; other GMs are returned as they are."""
+    logstds = gm.logstds
+    if logstds.shape[-2:] == (1, 1) or logstds.shape[-4] != 1:
+        return gm
+    K = gm.means.shape[-4]
+    return GaussianMixture(gm.means, logstds.expand(*logstds.shape[:-4], K, 1, *logstds.shape[-2:]), gm.logweights)
 
 
 def iso_gaussian_mul_iso_gaussian(
@@ -233,7 +189,7 @@ def iso_gaussian_mul_iso_gaussian(
     Gaussian ``v1 v2 / eps``, as upstream.
     """
     dtype = gaussian_1.mean.dtype
-    work = _work_dtype(*(t.dtype for t in (*gaussian_1, *gaussian_2)))
+    work = acc_dtype(*(t.dtype for t in (*gaussian_1, *gaussian_2)))
     m1, v1 = (t.to(work) for t in gaussian_1)
     m2, v2 = (t.to(work) for t in gaussian_2)
     norm = torch.clamp_min(power_1 * v2 + power_2 * v1, eps)
@@ -251,7 +207,7 @@ def gaussian_mul_gaussian(
     every inverse via :func:`psd_inverse` (raises if the product is improper).
     """
     dtype = gaussian_1.mean.dtype
-    work = _work_dtype(*(t.dtype for t in (*gaussian_1, *gaussian_2)))
+    work = acc_dtype(*(t.dtype for t in (*gaussian_1, *gaussian_2)))
     m1, c1 = (t.to(work) for t in gaussian_1)
     m2, c2 = (t.to(work) for t in gaussian_2)
     p1 = power_1 * psd_inverse(c1)
@@ -276,12 +232,12 @@ def gm_mul_gaussian(
     Upstream difference: the ``gm_diffs``/``gm_covs`` shortcuts (only valid when the Gaussian is
     the GM's own moment match) are dropped; ``d_k`` is always recomputed. Returns only the GM.
     """
-    _check_gm(gm)
-    _check_shared_logstds(gm)
+    check_gm(gm)
+    check_shared_logstds(gm)
     if gm_power == 0:
         raise ValueError("gm_power must be non-zero")
     dtype = gm.means.dtype
-    work = _work_dtype(*(t.dtype for t in gm), *(t.dtype for t in gaussian))
+    work = acc_dtype(*(t.dtype for t in gm), *(t.dtype for t in gaussian))
     means, logstds, logweights = (t.to(work) for t in gm)
     mean_g, cov_g = (t.to(work) for t in gaussian)
     C = means.shape[-3]
@@ -313,14 +269,14 @@ def gm_mul_gm(gm_1: GaussianMixture, gm_2: GaussianMixture) -> GaussianMixture:
     Upstream difference: per-component stds are supported (the ``-C/2 log(v1 + v2)`` normaliser
     term, constant and hence omitted upstream for shared stds, is then k-dependent).
     """
-    _check_gm(gm_1, "gm_1")
-    _check_gm(gm_2, "gm_2")
+    check_gm(gm_1, "gm_1")
+    check_gm(gm_2, "gm_2")
     if gm_1.means.shape[-3] != gm_2.means.shape[-3]:
         raise ValueError(
             f"gm_1 and gm_2 must have the same channel count, got {gm_1.means.shape[-3]} and {gm_2.means.shape[-3]}"
         )
     dtype = gm_1.means.dtype
-    work = _work_dtype(*(t.dtype for t in (*gm_1, *gm_2)))
+    work = acc_dtype(*(t.dtype for t in (*gm_1, *gm_2)))
     m1, ls1, lw1 = (t.to(work).unsqueeze(-4) for t in gm_1)  # (..., K1, 1, ...)
     m2, ls2, lw2 = (t.to(work).unsqueeze(-5) for t in gm_2)  # (..., 1, K2, ...)
     v1, v2 = torch.exp(2 * ls1), torch.exp(2 * ls2)
@@ -366,10 +322,10 @@ def gm_to_sample(
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if isinstance(gm, GaussianMixtureCov):
         return _gm_cov_to_sample(gm, gm_power, n_samples, cov_sharpen, generator)
-    _check_gm(gm)
-    gm, dtype = _gm_work(gm)
+    check_gm(gm)
+    gm, dtype = gm_in_acc_dtype(gm)
     means, logstds, logweights = gm
-    batch = _gm_batch_shape(gm)
+    batch = gm_batch_shape(gm)
     K, C, H, W = means.shape[-4:]
     logits = (gm_power * logweights).expand(*batch, K, 1, H, W).squeeze(-3).movedim(-3, -1)
     idx = _draw_component_indices(logits, n_samples, generator)  # (..., H, W, N)
@@ -386,7 +342,7 @@ def gm_to_sample(
 
 def _gm_cov_to_sample(gm, gm_power, n_samples, cov_sharpen, generator):
     dtype = gm.means.dtype
-    work = _work_dtype(*(t.dtype for t in gm))
+    work = acc_dtype(*(t.dtype for t in gm))
     means, covs, logweights = (t.to(work) for t in gm)
     K, H, W, C = means.shape[-4:]
     if covs.shape[-5] not in (1, K):
@@ -419,12 +375,12 @@ def iso_gaussian_logprob(gaussian: IsoGaussian, samples: Tensor) -> Tensor:
     ``log p = -1/2 sum_c (x_c - m_c)^2 / v - C/2 log v - C/2 log 2pi``.
     """
     dtype = samples.dtype
-    work = _work_dtype(samples.dtype, *(t.dtype for t in gaussian))
+    work = acc_dtype(samples.dtype, *(t.dtype for t in gaussian))
     mean = gaussian.mean.to(work).unsqueeze(-4)
     var = gaussian.var.to(work).unsqueeze(-4)
     x = samples.to(work)
     C = x.shape[-3]
-    logprob = -0.5 * ((x - mean).square() / var).sum(dim=-3, keepdim=True) - 0.5 * C * (torch.log(var) + _LOG_2PI)
+    logprob = -0.5 * ((x - mean).square() / var).sum(dim=-3, keepdim=True) - 0.5 * C * (torch.log(var) + LOG_2PI)
     return logprob.squeeze(-3).to(dtype)
 
 
@@ -439,7 +395,7 @@ def gm_cov_logprob(gm: GaussianMixtureCov, samples: Tensor) -> Tensor:
     the mixture log density (not the per-component terms).
     """
     dtype = samples.dtype
-    work = _work_dtype(samples.dtype, *(t.dtype for t in gm))
+    work = acc_dtype(samples.dtype, *(t.dtype for t in gm))
     means, covs, logweights = (t.to(work) for t in gm)
     C = means.shape[-1]
     if samples.shape[-3] != C:
@@ -449,55 +405,8 @@ def gm_cov_logprob(gm: GaussianMixtureCov, samples: Tensor) -> Tensor:
     diffs = x - means.unsqueeze(-5)  # (..., N, K, H, W, C)
     y = torch.linalg.solve_triangular(chol, diffs.unsqueeze(-1), upper=False).squeeze(-1)
     logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(dim=-1)
-    comp = logweights.unsqueeze(-4) - 0.5 * (y.square().sum(dim=-1) + logdet) - 0.5 * C * _LOG_2PI
+    comp = logweights.unsqueeze(-4) - 0.5 * (y.square().sum(dim=-1) + logdet) - 0.5 * C * LOG_2PI
     return torch.logsumexp(comp, dim=-3).to(dtype)
-
-
-def _mc_samples(gm, n_samples, use_kr, generator):
-    if not use_kr:
-        return gm_to_sample(gm, n_samples=n_samples, generator=generator)
-    from .transport import gaussian_samples_to_gm_samples  # transport imports this module
-
-    C, H, W = gm.means.shape[-3:]
-    batch = _gm_batch_shape(gm)
-    work = _work_dtype(*(t.dtype for t in gm))
-    g = torch.randn(*batch, n_samples, C, H, W, generator=generator, dtype=work, device=gm.means.device)
-    return gaussian_samples_to_gm_samples(gm, g, axis_aligned=True, generator=generator)
-
-
-def gm_kl_div(
-    gm_p: GaussianMixture,
-    gm_q: GaussianMixture,
-    n_samples: int = 32,
-    use_kr: bool = False,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Monte-Carlo ``KL(p || q)`` per pixel, ``(..., 1, H, W)``: mean over N draws of ``log p - log q``.
-
-    ``use_kr`` draws reparameterised samples (standard normals pushed through the KR transport,
-    differentiable w.r.t. ``gm_p`` via the implicit inverse-CDF gradient).
-
-    Upstream difference: ``kr_backward_steps`` is gone (the inverse CDF always provides the
-    implicit gradient); draws use ``generator``.
-    """
-    _check_gm(gm_p, "gm_p")
-    _check_gm(gm_q, "gm_q")
-    x = _mc_samples(gm_p, n_samples, use_kr, generator)
-    logp = gm_logprob(*gm_p, x)
-    logq = gm_logprob(*gm_q, x)
-    return (logp - logq).mean(dim=-3, keepdim=True)
-
-
-def gm_entropy(
-    gm: GaussianMixture,
-    n_samples: int = 32,
-    use_kr: bool = False,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Monte-Carlo differential entropy per pixel (over channels), ``(..., 1, H, W)``: ``-mean_N log p``."""
-    _check_gm(gm)
-    x = _mc_samples(gm, n_samples, use_kr, generator)
-    return -gm_logprob(*gm, x).mean(dim=-3, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -510,8 +419,8 @@ def gm_temperature(gm: GaussianMixture, temperature: float | Tensor, eps: float 
     ``temperature`` is a float or a tensor broadcastable against ``(..., K, 1, H, W)`` and
     ``logstds``.
     """
-    _check_gm(gm)
-    gm_w, dtype = _gm_work(gm)
+    check_gm(gm)
+    gm_w, dtype = gm_in_acc_dtype(gm)
     if isinstance(temperature, Tensor):
         t = torch.clamp_min(temperature.to(gm_w.means.dtype), eps)
         log_t = torch.log(t)

@@ -13,24 +13,29 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from gmflow.types import GaussianMixture, IsoGaussian
+from gmflow._validation import GMFlowInputError
+from gmflow.types import GaussianMixture, IsoGaussian, check_iso_gaussian
 
-from .algebra import _check_channels, _check_gm, _gm_work, _result_dtype, _work_dtype, gm_to_sample
-from .core import gm_to_mean
+from .algebra import gm_to_sample
+from .common import acc_dtype, check_channels, check_gm, gm_in_acc_dtype, result_dtype
+from .density import gm_to_mean
 from .transport import gaussian_samples_to_gm_samples
 
 __all__ = [
     "TransitionCoefficients",
+    "check_power_spectrum",
+    "check_prediction_type",
     "denoising_gm_convert_to_mean",
     "forward_transition",
     "gm_posterior_mean",
-    "gm_sample",
+    "gm_spectral_sample",
     "gm_to_model_output",
     "inverse_hartley2",
     "reverse_transition",
     "reverse_transition_coefficients",
     "sample_forward_diffusion",
     "sample_forward_transition",
+    "sigma_from_time",
     "spectral_gaussian_field",
     "u_to_x_0",
 ]
@@ -46,7 +51,7 @@ def _as_time(value, ref: Tensor, work: torch.dtype) -> Tensor:
     return v
 
 
-def _sigma(t, sigma, ref: Tensor, work: torch.dtype, num_timesteps: float, names=("t", "sigma")) -> Tensor:
+def sigma_from_time(t, sigma, ref: Tensor, work: torch.dtype, num_timesteps: float, names=("t", "sigma")) -> Tensor:
     """``sigma`` if given, else ``t / T``; ``names`` are the caller's argument names for the error."""
     if sigma is not None:
         return _as_time(sigma, ref, work)
@@ -60,7 +65,7 @@ def _gm_dim(v: Tensor) -> Tensor:
     return v.unsqueeze(-4) if v.dim() > 0 else v
 
 
-def _check_prediction_type(prediction_type: str) -> None:
+def check_prediction_type(prediction_type: str) -> None:
     if prediction_type not in _PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}")
 
@@ -73,7 +78,7 @@ def sample_forward_diffusion(
     x_0: Tensor, t, noise: Tensor, num_timesteps: float = 1000.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``x_t = (1 - sigma) x_0 + sigma noise`` with ``sigma = t / T``; returns ``(x_t, alpha, sigma)``."""
-    work = _work_dtype(x_0.dtype, noise.dtype)
+    work = acc_dtype(x_0.dtype, noise.dtype)
     sigma = _as_time(t, x_0, work) / num_timesteps
     alpha = 1 - sigma
     x_t = alpha * x_0.to(work) + sigma * noise.to(work)
@@ -85,7 +90,7 @@ def forward_transition(x_src: Tensor, t_src, t_tgt, eps: float = 1e-6, num_times
 
     ``a = alpha_t / max(alpha_s, eps)``; var has shape ``(..., 1, 1, 1)``.
     """
-    work = _work_dtype(x_src.dtype)
+    work = acc_dtype(x_src.dtype)
     sigma_s = _as_time(t_src, x_src, work) / num_timesteps
     sigma_t = _as_time(t_tgt, x_src, work) / num_timesteps
     a = (1 - sigma_t) / torch.clamp_min(1 - sigma_s, eps)
@@ -99,7 +104,7 @@ def sample_forward_transition(
     x_src: Tensor, noise: Tensor, t_src, t_tgt, eps: float = 1e-6, num_timesteps: float = 1000.0
 ) -> Tensor:
     """Sample of :func:`forward_transition`: ``mean + noise sqrt(var)``."""
-    work = _work_dtype(x_src.dtype, noise.dtype)
+    work = acc_dtype(x_src.dtype, noise.dtype)
     g = forward_transition(x_src.to(work), t_src, t_tgt, eps, num_timesteps)
     return (g.mean + noise.to(work) * g.var.sqrt()).to(x_src.dtype)
 
@@ -119,25 +124,26 @@ def u_to_x_0(
     ``sigma`` (float, ``(B,)`` or broadcastable to ``x_t``) overrides ``t / T``.
     """
     if isinstance(out, GaussianMixture):
-        _check_gm(out, "out")
-        _check_channels(x_t, out.means.shape[-3], "x_t")
-        gm, dtype = _gm_work(out)
-        work = _work_dtype(gm.means.dtype, x_t.dtype)
+        check_gm(out, "out")
+        check_channels(x_t, out.means.shape[-3], "x_t")
+        gm, dtype = gm_in_acc_dtype(out)
+        work = acc_dtype(gm.means.dtype, x_t.dtype)
         gm = gm.map(lambda v: v.to(work))
-        s = _gm_dim(_sigma(t, sigma, x_t, work, num_timesteps))
+        s = _gm_dim(sigma_from_time(t, sigma, x_t, work, num_timesteps))
         means = x_t.to(work).unsqueeze(-4) - s * gm.means
         logstds = gm.logstds + torch.log(torch.clamp_min(s, eps))
         return GaussianMixture(means.to(dtype), logstds.to(dtype), out.logweights)
     if isinstance(out, IsoGaussian):
+        check_iso_gaussian("u_to_x_0()", "out", out)
         dtype = out.mean.dtype
-        work = _work_dtype(dtype, out.var.dtype, x_t.dtype)
-        s = _sigma(t, sigma, x_t, work, num_timesteps)
+        work = acc_dtype(dtype, out.var.dtype, x_t.dtype)
+        s = sigma_from_time(t, sigma, x_t, work, num_timesteps)
         mean = x_t.to(work) - s * out.mean.to(work)
         var = out.var.to(work) * s.square()
         return IsoGaussian(mean.to(dtype), var.to(dtype))
     if isinstance(out, Tensor):
-        work = _work_dtype(out.dtype, x_t.dtype)
-        s = _sigma(t, sigma, x_t, work, num_timesteps)
+        work = acc_dtype(out.dtype, x_t.dtype)
+        s = sigma_from_time(t, sigma, x_t, work, num_timesteps)
         return (x_t.to(work) - s * out.to(work)).to(out.dtype)
     raise TypeError(f"out must be a GaussianMixture, IsoGaussian or Tensor, got {type(out).__name__}")
 
@@ -166,7 +172,7 @@ def reverse_transition_coefficients(
     ``c1 = rho^2 kappa``, ``c2 = beta_bar alpha'``, ``c3 = beta_bar sigma'^2``
     (identities: ``c1 alpha + c2 = alpha'``, ``c1^2 sigma^2 + c3 = sigma'^2``).
     """
-    work = _work_dtype(ref.dtype)
+    work = acc_dtype(ref.dtype)
     sigma = _as_time(t_high, ref, work) / num_timesteps
     sigma_low = _as_time(t_low, ref, work) / num_timesteps
     alpha, alpha_low = 1 - sigma, 1 - sigma_low
@@ -204,12 +210,12 @@ def reverse_transition(
     Upstream difference: ``beta_bar`` is clamped at 0 inside the sqrt of the sample case (rounding
     can make it ~-1e-16 at ``t_low = t_high``).
     """
-    _check_prediction_type(prediction_type)
+    check_prediction_type(prediction_type)
     if isinstance(out, GaussianMixture):
-        _check_gm(out, "out")
-        _check_channels(x_high, out.means.shape[-3], "x_high")
-        gm, dtype = _gm_work(out)
-        work = _work_dtype(gm.means.dtype, x_high.dtype)
+        check_gm(out, "out")
+        check_channels(x_high, out.means.shape[-3], "x_high")
+        gm, dtype = gm_in_acc_dtype(out)
+        work = acc_dtype(gm.means.dtype, x_high.dtype)
         means, logstds, _ = (v.to(work) for v in gm)
         x = x_high.to(work)
         co = reverse_transition_coefficients(t_low, t_high, x, eps, num_timesteps)
@@ -227,7 +233,7 @@ def reverse_transition(
         return GaussianMixture(out_means.to(dtype), out_logstds.to(dtype), out.logweights)
     if isinstance(out, Tensor):
         dtype = out.dtype
-        work = _work_dtype(dtype, x_high.dtype)
+        work = acc_dtype(dtype, x_high.dtype)
         x = x_high.to(work)
         co = reverse_transition_coefficients(t_low, t_high, x, eps, num_timesteps)
         x0 = x - co.sigma_high * out.to(work) if prediction_type == "u" else out.to(work)
@@ -244,16 +250,16 @@ def reverse_transition(
 def _posterior_setup(gm, x_t, x_t_src, t, t_src, sigma_t, sigma_t_src, eps, prediction_type, num_timesteps, names):
     """Validates, casts to the working dtype and converts a u-prediction to x0; ``names`` (for errors)
     are the caller's ``(x_t, x_t_src, t, t_src, sigma_t, sigma_t_src)`` argument names."""
-    _check_gm(gm)
-    _check_prediction_type(prediction_type)
-    _check_channels(x_t, gm.means.shape[-3], names[0])
-    _check_channels(x_t_src, gm.means.shape[-3], names[1])
-    dtype = _result_dtype(gm.means, x_t)
-    work = _work_dtype(x_t.dtype, x_t_src.dtype, *(v.dtype for v in gm))
+    check_gm(gm)
+    check_prediction_type(prediction_type)
+    check_channels(x_t, gm.means.shape[-3], names[0])
+    check_channels(x_t_src, gm.means.shape[-3], names[1])
+    dtype = result_dtype(gm.means, x_t)
+    work = acc_dtype(x_t.dtype, x_t_src.dtype, *(v.dtype for v in gm))
     gm = gm.map(lambda v: v.to(work))
     x_t, x_t_src = x_t.to(work), x_t_src.to(work)
-    s_src = _sigma(t_src, sigma_t_src, x_t_src, work, num_timesteps, (names[3], names[5]))
-    s_tgt = _sigma(t, sigma_t, x_t, work, num_timesteps, (names[2], names[4]))
+    s_src = sigma_from_time(t_src, sigma_t_src, x_t_src, work, num_timesteps, (names[3], names[5]))
+    s_tgt = sigma_from_time(t, sigma_t, x_t, work, num_timesteps, (names[2], names[4]))
     if prediction_type == "u":
         gm = u_to_x_0(gm, x_t_src, sigma=s_src, eps=eps)
     return gm, x_t, x_t_src, s_tgt, s_src, dtype
@@ -384,7 +390,7 @@ def inverse_hartley2(spectral: Tensor) -> Tensor:
     if W % 2:
         raise ValueError(f"spectral width W must be even for the irfft2 construction, got W={W}")
     dtype = spectral.dtype
-    s = spectral.to(_work_dtype(dtype))
+    s = spectral.to(acc_dtype(dtype))
     s_rev = torch.roll(torch.flip(s, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
     half = W // 2 + 1
     spectrum = torch.complex(0.5 * (s + s_rev)[..., :half], 0.5 * (s - s_rev)[..., :half])
@@ -403,15 +409,20 @@ def spectral_gaussian_field(
     """
     if log_power_spectrum.dim() < 3:
         raise ValueError(f"log_power_spectrum must have shape (..., C, H, W), got {tuple(log_power_spectrum.shape)}")
-    W = log_power_spectrum.shape[-1]
+    H, W = log_power_spectrum.shape[-2:]
+    if H * W == 0:
+        raise GMFlowInputError(f"spectral_gaussian_field(): 'log_power_spectrum' (..., C, H, W) needs a non-empty "
+                               f"pixel grid (H, W >= 1); got {list(log_power_spectrum.shape)}")
     if W % 2:
         raise ValueError(f"log_power_spectrum width W must be even for spectral sampling, got W={W}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    log_power = log_power_spectrum.to(_work_dtype(log_power_spectrum.dtype)).unsqueeze(-4)
+    log_power = log_power_spectrum.to(acc_dtype(log_power_spectrum.dtype)).unsqueeze(-4)
     shape = (*log_power.shape[:-4], n_samples, *log_power.shape[-3:])
     noise = torch.randn(shape, generator=generator, dtype=log_power.dtype, device=log_power.device)
     spectral = noise * torch.exp(0.5 * log_power)
+    if spectral.numel() == 0:  # an empty batch or no channel: nothing to transform (the FFT refuses it)
+        return spectral.clone(), spectral
     return inverse_hartley2(spectral), spectral
 
 
@@ -424,13 +435,13 @@ def check_power_spectrum(gm: GaussianMixture, power_spectrum: Tensor) -> None:
         )
 
 
-def gm_sample(
+def gm_spectral_sample(
     gm: GaussianMixture,
     power_spectrum: Tensor | None = None,
     n_samples: int = 1,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Samples ``(..., N, C, H, W)`` of the per-pixel GM, optionally spatially correlated.
+    """Samples ``(..., N, C, H, W)`` of the per-pixel GM, spatially correlated by a power spectrum if one is given.
 
     Without a spectrum: ancestral sampling (:func:`gm_to_sample`), returns ``(samples, None)``.
     With a log power spectrum ``P (..., C, H, W)``: ``(g, S) = spectral_gaussian_field(P)``, then
@@ -440,7 +451,7 @@ def gm_sample(
     Upstream difference: the generator also drives component/ancestral draws (upstream only
     seeded the spectral noise).
     """
-    _check_gm(gm)
+    check_gm(gm)
     if power_spectrum is None:
         return gm_to_sample(gm, n_samples=n_samples, generator=generator), None
     check_power_spectrum(gm, power_spectrum)
@@ -457,8 +468,8 @@ def gm_to_model_output(
 ) -> Tensor:
     """x0 estimate ``(..., C, H, W)``: the GM mean (``'mean'``) or one (spectral) sample (``'sample'``)."""
     if output_mode == "mean":
-        _check_gm(gm)
+        check_gm(gm)
         return gm_to_mean(gm.means, gm.logweights)
     if output_mode == "sample":
-        return gm_sample(gm, power_spectrum, n_samples=1, generator=generator)[0].squeeze(-4)
+        return gm_spectral_sample(gm, power_spectrum, n_samples=1, generator=generator)[0].squeeze(-4)
     raise ValueError(f"output_mode must be 'mean' or 'sample', got {output_mode!r}")

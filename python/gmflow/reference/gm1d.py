@@ -17,15 +17,15 @@ from torch import Tensor
 from gmflow._validation import GMFlowInputError, check_floating, check_steps
 from gmflow.types import GaussianMixture1D
 
-from .algebra import _result_dtype, _work_dtype
+from .common import acc_dtype, result_dtype
 
-__all__ = ["gm1d_inverse_cdf", "gm1d_moments", "gm1d_pdf_cdf"]
+__all__ = ["check_gm1d", "gm1d_inverse_cdf", "gm1d_moments", "gm1d_pdf_cdf"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 _SQRT_2 = math.sqrt(2.0)
 
 
-def _check_gm1d(gm1d) -> None:
+def check_gm1d(gm1d) -> None:
     if not isinstance(gm1d, GaussianMixture1D):
         raise TypeError(f"gm1d must be a GaussianMixture1D, got {type(gm1d).__name__}")
     for part, t in zip(("means", "logstds", "logweights"), gm1d):
@@ -40,7 +40,7 @@ def _check_gm1d(gm1d) -> None:
         raise ValueError(f"gm1d.logstds must have shape (..., 1, 1, 1), got {tuple(logstds.shape)}")
 
 
-def _check_broadcast(op: str, gm1d, scaled_cdfs: Tensor, gaussian_samples: Tensor | None) -> None:
+def check_broadcast(op: str, gm1d, scaled_cdfs: Tensor, gaussian_samples: Tensor | None) -> None:
     """The dims of the GM and the samples other than -3 (K, N) broadcast, as the solver needs."""
     named = {"gm1d.means": gm1d.means, "gm1d.logweights": gm1d.logweights, "scaled_cdfs": scaled_cdfs}
     if gaussian_samples is not None:
@@ -78,9 +78,9 @@ def gm1d_pdf_cdf(gm1d: GaussianMixture1D, samples: Tensor) -> tuple[Tensor, Tens
     ``scaled_cdf = sum_k w_k erf(z_k / sqrt 2)`` in ``[-1, 1]`` (``d scaled_cdf / dx = 2 pdf``),
     with ``w = exp(lambda)`` (no renormalisation, as upstream).
     """
-    _check_gm1d(gm1d)
-    dtype = _result_dtype(gm1d.means, samples)
-    work = _work_dtype(samples.dtype, *(t.dtype for t in gm1d))
+    check_gm1d(gm1d)
+    dtype = result_dtype(gm1d.means, samples)
+    work = acc_dtype(samples.dtype, *(t.dtype for t in gm1d))
     pdf, cdf = _pdf_cdf(*(t.to(work) for t in gm1d), samples.to(work))
     return pdf.to(dtype), cdf.to(dtype)
 
@@ -121,11 +121,11 @@ def gm1d_inverse_cdf(
     the gradient is the implicit one without unrolling, and nothing (``gm_weights``,
     ``gm_vars``) is cached into ``gm1d``.
     """
-    _check_gm1d(gm1d)
-    _check_broadcast("gm1d_inverse_cdf", gm1d, scaled_cdfs, gaussian_samples)
+    check_gm1d(gm1d)
+    check_broadcast("gm1d_inverse_cdf", gm1d, scaled_cdfs, gaussian_samples)
     check_steps("gm1d_inverse_cdf", n_steps)
-    dtype = _result_dtype(gm1d.means, scaled_cdfs)
-    work = _work_dtype(scaled_cdfs.dtype, *(t.dtype for t in gm1d))
+    dtype = result_dtype(gm1d.means, scaled_cdfs)
+    work = acc_dtype(scaled_cdfs.dtype, *(t.dtype for t in gm1d))
     means, logstds, logweights = (t.to(work) for t in gm1d)
     c = scaled_cdfs.to(work)
     with torch.no_grad():

@@ -19,25 +19,21 @@ from torch import Tensor
 from gmflow._validation import GMFlowInputError, check_floating
 from gmflow.types import GaussianMixture, GaussianMixture1D
 
-from .algebra import (
-    _check_gm,
-    _check_shared_logstds,
-    _gm_work,
-    _result_dtype,
-    _work_dtype,
-    gm_to_gaussian,
-    gm_to_sample,
-)
-from .core import gm_logprob
+from .algebra import gm_to_gaussian, gm_to_sample
+from .common import acc_dtype, check_gm, check_shared_logstds, gm_in_acc_dtype, result_dtype
+from .density import gm_logprob
 from .gm1d import gm1d_inverse_cdf
 
 __all__ = [
+    "check_samples",
     "gaussian_samples_to_gm_samples",
     "gm_kr_rotation",
     "gm_kr_slice",
     "gm_samples_to_gaussian_samples",
     "gm_spectral_logprobs",
     "hartley2",
+    "resolve_n_axes",
+    "rotation_from_covariance",
 ]
 
 _SQRT_2 = math.sqrt(2.0)
@@ -47,18 +43,20 @@ def gm_kr_rotation(gm: GaussianMixture, axis_aligned: bool = True) -> Tensor:
     """Eigenvectors of the moment-matched covariance, columns by descending eigenvalue.
 
     ``axis_aligned=True``: covariance averaged over H, W -> ``(..., 1, 1, C, C)`` (one rotation
-    shared by all pixels); ``False``: one per pixel, ``(..., H, W, C, C)``. Computed without
-    grad in the working dtype (fp32, or fp64 for fp64 inputs).
+    shared by all pixels; the identity for an empty grid); ``False``: one per pixel, ``(..., H, W, C, C)``.
+    Computed without grad in the working dtype (fp32, or fp64 for fp64 inputs).
 
     Upstream difference: each eigenvector's sign is fixed (largest-magnitude entry positive),
     which removes the sign ambiguity of ``eigh`` across devices/batches.
     """
-    _check_gm(gm)
+    check_gm(gm)
     with torch.no_grad():
-        gm_w, _ = _gm_work(gm)
+        gm_w, _ = gm_in_acc_dtype(gm)
         cov = gm_to_gaussian(gm_w)[0].cov
         if axis_aligned:
             cov = cov.mean(dim=(-4, -3), keepdim=True)
+            if gm.means.shape[-2:].numel() == 0:  # no pixel to average over: no preferred axes
+                return torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand(cov.shape).clone()
         return rotation_from_covariance(cov)
 
 
@@ -93,7 +91,7 @@ def _resolve_rotation(gm, rotation, axis_aligned, work):
     return rotation.detach().to(work)
 
 
-def _resolve_n_axes(n_axes, C):
+def resolve_n_axes(n_axes, C):
     if n_axes is None:
         return C
     if not 1 <= n_axes <= C:
@@ -101,7 +99,7 @@ def _resolve_n_axes(n_axes, C):
     return n_axes
 
 
-def _check_samples(samples, C, name):
+def check_samples(samples, C, name):
     check_floating(name, samples)
     if samples.dim() < 4 or samples.shape[-3] != C:
         raise ValueError(f"{name} must have shape (..., N, C={C}, H, W), got {tuple(samples.shape)}")
@@ -127,13 +125,13 @@ def gm_samples_to_gaussian_samples(
     Requires a shared std ``logstds (..., 1, 1, 1, 1)``. fp64 inputs are computed in fp64.
     Upstream difference: precomputed ``rotation`` accepted; ``generator`` used for the draws.
     """
-    _check_gm(gm)
-    _check_shared_logstds(gm)
+    check_gm(gm)
+    check_shared_logstds(gm)
     C = gm.means.shape[-3]
-    _check_samples(samples, C, "samples")
-    A = _resolve_n_axes(n_axes, C)
-    dtype = _result_dtype(gm.means, samples)
-    work = _work_dtype(samples.dtype, *(t.dtype for t in gm))
+    check_samples(samples, C, "samples")
+    A = resolve_n_axes(n_axes, C)
+    dtype = result_dtype(gm.means, samples)
+    work = acc_dtype(samples.dtype, *(t.dtype for t in gm))
     means, logstds, logweights = (t.to(work) for t in gm)
     V = _resolve_rotation(gm, rotation, axis_aligned, work)
     Va = V[..., :A].unsqueeze(-5)  # (..., 1, 1|H, 1|W, C, A)
@@ -201,13 +199,13 @@ def gaussian_samples_to_gm_samples(
     Upstream difference: no ``backward_steps``/``force_fp32`` (16-bit is computed in fp32, fp64
     in fp64); precomputed ``rotation`` accepted; ``generator`` used for the draws.
     """
-    _check_gm(gm)
-    _check_shared_logstds(gm)
+    check_gm(gm)
+    check_shared_logstds(gm)
     C = gm.means.shape[-3]
-    _check_samples(gaussian_samples, C, "gaussian_samples")
-    A = _resolve_n_axes(n_axes, C)
-    dtype = _result_dtype(gm.means, gaussian_samples)
-    work = _work_dtype(gaussian_samples.dtype, *(t.dtype for t in gm))
+    check_samples(gaussian_samples, C, "gaussian_samples")
+    A = resolve_n_axes(n_axes, C)
+    dtype = result_dtype(gm.means, gaussian_samples)
+    work = acc_dtype(gaussian_samples.dtype, *(t.dtype for t in gm))
     means, logstds, logweights = (t.to(work) for t in gm)
     V = _resolve_rotation(gm, rotation, axis_aligned, work)
     mu_rot = _row_times(means.movedim(-3, -1), V.unsqueeze(-5))  # (..., K, H, W, C)
@@ -250,7 +248,7 @@ def gaussian_samples_to_gm_samples(
 def hartley2(x: Tensor) -> Tensor:
     """Orthonormal 2-D Hartley transform over (H, W): ``Re fft2(x) + Im fft2(x)`` (self-inverse)."""
     dtype = x.dtype
-    f = torch.fft.fft2(x.to(_work_dtype(dtype)), norm="ortho")
+    f = torch.fft.fft2(x.to(acc_dtype(dtype)), norm="ortho")
     return (f.real + f.imag).to(dtype)
 
 
@@ -276,10 +274,10 @@ def gm_spectral_logprobs(
     before multiplying by the channel-indexed ``e^-P - 1``, used ``-C/2 P`` and left a stray
     channel dim (only worked for N = 1).
     """
-    _check_gm(gm)
-    dtype = _result_dtype(gm.means, samples)
-    gm_w, _ = _gm_work(gm)
-    work = _work_dtype(samples.dtype, gm_w.means.dtype)
+    check_gm(gm)
+    dtype = result_dtype(gm.means, samples)
+    gm_w, _ = gm_in_acc_dtype(gm)
+    work = acc_dtype(samples.dtype, gm_w.means.dtype)
     gm_w = gm_w.map(lambda t: t.to(work))
     x = samples.to(work)
     logprob = gm_logprob(*gm_w, x).sum(dim=(-2, -1))

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the ops that have native kernels.
+"""Pure-PyTorch reference of the density ops (``gm_logprob``, ``gm_to_mean``, ``gm_to_iso_gaussian``).
 
 Each function has exactly the signature of its ``torch.ops.gmflow`` schema and
 is (1) the fallback implementation registered for devices without a native
@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from .common import LOG_2PI, acc_dtype, sum_to_shape
+
 __all__ = [
     "gm_logprob",
     "gm_logprob_backward",
@@ -25,31 +27,12 @@ __all__ = [
     "gm_to_mean_backward",
     "gm_to_iso_gaussian",
     "gm_to_iso_gaussian_backward",
-    "sum_to_shape",
 ]
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _upcast(*tensors: Tensor) -> list[Tensor]:
-    dtype = _compute_dtype(tensors[0])
+    dtype = acc_dtype(tensors[0].dtype)
     return [t.to(dtype) for t in tensors]
-
-
-def sum_to_shape(t: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """Sums a broadcast gradient ``t`` back to ``shape`` (the shape it was broadcast from)."""
-    shape = tuple(shape)
-    if tuple(t.shape) == shape:
-        return t
-    lead = t.dim() - len(shape)
-    dims = [d for d in range(t.dim()) if d < lead or (shape[d - lead] == 1 and t.shape[d] != 1)]
-    if dims:
-        t = t.sum(dim=dims, keepdim=True)
-    return t.reshape(shape)
 
 
 def _component_log_densities(means, logstds, logweights, samples):
@@ -62,7 +45,7 @@ def _component_log_densities(means, logstds, logweights, samples):
     a = (
         logweights.unsqueeze(-5).squeeze(-3)
         - C * ls.squeeze(-3)
-        - 0.5 * C * _LOG_2PI
+        - 0.5 * C * LOG_2PI
         - 0.5 * z.square().sum(dim=-3)
     )
     return a, z, ls
