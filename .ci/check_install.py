@@ -26,7 +26,7 @@ def main() -> None:
         warnings.simplefilter("always")
         import gmflow
         from gmflow import _library, _native
-        from gmflow.reference import core as ref
+        from gmflow.reference import density as ref
     native_warnings = [str(w.message) for w in caught if issubclass(w.category, _native.NativeLibraryWarning)]
 
     state = _native.STATE

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from gmflow.reference import core as reference
+from gmflow.reference import density as reference
 
 from gmhead import GMHead, gm_nll, make_batch, train
 
