@@ -81,13 +81,24 @@ def test_miniature_run_writes_everything(tmp_path, capsys):
     assert record["results"][-1]["k"] == 1
     assert set(record["results"][0]) >= {"inside", "js_bits", "swd"}
     assert record["acceptance"] == []  # NFE 4 was not run for GMFlow
-    assert (out / "toy_grid.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    for name in ("toy_grid.png", "toy_metrics.png", "toy_loss.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+    assert set(record["exact_data"]) == {"inside", "js_bits", "swd"} and record["exact_data"]["inside"] == 1.0
     assert (out / "checkpoints" / "gmflow_k4.pt").exists() and (out / "checkpoints" / "baseline_k1.pt").exists()
     # a second run reuses the checkpoints and reproduces the samples exactly
     first = np.load(out / "samples" / "gm-sde2_nfe2.npy")
     assert main([*argv, "--reuse-checkpoints"]) == 0
     assert "reusing" in capsys.readouterr().out
     assert np.array_equal(first, np.load(out / "samples" / "gm-sde2_nfe2.npy"))
+    # --replot redraws the figures from the files alone
+    (out / "toy_loss.png").unlink()
+    assert main(["toy", "--replot", str(out)]) == 0
+    assert (out / "toy_loss.png").exists() and "toy_grid.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="metrics.json"):
+        main(["toy", "--replot", str(tmp_path / "missing")])
 
 
 def test_two_worker_processes_give_the_same_results(tmp_path, capsys):

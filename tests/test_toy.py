@@ -1,15 +1,16 @@
-"""The checkerboard toy: data and exact density, model, trainer, sampling driver, metrics, PNG."""
+"""The checkerboard toy: data and exact density, model, trainer, sampling driver, metrics, figures."""
 
 from __future__ import annotations
 
+import json
 import math
-import struct
-import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import gmflow
 from gmflow.toy.data import Checkerboard
 from gmflow.toy.evaluate import (
     SOLVERS,
@@ -18,8 +19,8 @@ from gmflow.toy.evaluate import (
     sample_metrics,
     sample_toy,
     sliced_wasserstein,
-    write_histogram_grid,
 )
+from gmflow.toy.figures import plot_metrics, plot_sample_grid, plot_training_loss, replot
 from gmflow.toy.model import GMFlowMLP2DDenoiser, timestep_embedding
 from gmflow.toy.train import ToyTrainConfig, karras_ema_beta, load_checkpoint, save_checkpoint, train_toy
 
@@ -202,26 +203,71 @@ def test_sample_toy_all_solvers_seeded(solver):
         sample_toy(model, "nope", 2, 10)
 
 
-def _read_png(path):
-    raw = path.read_bytes()
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h = struct.unpack(">II", raw[16:24])
-    idat, pos = b"", 8
-    while pos < len(raw):
-        (length,) = struct.unpack(">I", raw[pos:pos + 4])
-        tag = raw[pos + 4:pos + 8]
-        if tag == b"IDAT":
-            idat += raw[pos + 8:pos + 8 + length]
-        pos += 12 + length
-    pixels = zlib.decompress(idat)
-    assert len(pixels) == h * (1 + 3 * w)
-    return w, h, np.frombuffer(pixels, dtype=np.uint8).reshape(h, 1 + 3 * w)[:, 1:].reshape(h, w, 3)
+def _decoded_png(path, min_size=(300, 200), max_size=(4000, 4000)):
+    """Decodes ``path`` with Pillow; checks it is a PNG of a sensible size with more than one colour."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        w, h = image.size
+        assert min_size[0] <= w <= max_size[0] and min_size[1] <= h <= max_size[1], image.size
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.std() > 10
+    return pixels
 
 
-def test_histogram_grid_png(tmp_path):
-    x = DATA.sample(5000, torch.Generator().manual_seed(0))
-    rows = {"gm-sde2": {1: x, 4: x}, "fm-euler": {1: x, 32: x}}
-    path = write_histogram_grid(tmp_path / "grid.png", rows, cell=40)
-    w, h, img = _read_png(path)
-    assert (w, h) == (76 + 3 * 46 + 6, 22 + 3 * 46 + 6)  # columns NFE 1, 4, 32; rows data + 2 solvers
-    assert img.std() > 10
+def _small_results():
+    x = DATA.sample(2000, torch.Generator().manual_seed(0))
+    blurred = x + 0.3 * torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
+    samples = {"gm-sde2": {1: blurred, 4: x}, "fm-euler": {1: blurred, 4: blurred, 32: x}}
+    results = [{"solver": s, "nfe": n, **sample_metrics(v)} for s, row in samples.items() for n, v in row.items()]
+    return samples, results
+
+
+def test_sample_grid_figure(tmp_path):
+    samples, _ = _small_results()
+    path = plot_sample_grid(tmp_path / "grid.png", samples, data_sample=DATA.sample(2000), bins=32, dpi=40)
+    pixels = _decoded_png(path, min_size=(200, 150))
+    # rows data + 2 solvers, columns NFE 1, 4, 32: a wide figure, taller than one row
+    assert pixels.shape[1] > pixels.shape[0] * 0.7
+    with pytest.raises(ValueError, match="no sample sets"):
+        plot_sample_grid(tmp_path / "empty.png", {})
+
+
+def test_metrics_and_loss_figures(tmp_path):
+    _, results = _small_results()
+    floors = sample_metrics(DATA.sample(2000, torch.Generator().manual_seed(5)))
+    _decoded_png(plot_metrics(tmp_path / "metrics.png", results, floors, dpi=40), min_size=(400, 120))
+    history = [{"iter": i, "loss": 1.0 / i} for i in range(1, 6)]
+    _decoded_png(plot_training_loss(tmp_path / "loss.png", {"GMFlow K=4": history, "K=1": history[::-1]}, dpi=40),
+                 min_size=(200, 120))
+    with pytest.raises(ValueError, match="empty"):
+        plot_metrics(tmp_path / "none.png", [])
+    with pytest.raises(ValueError, match="no loss history"):
+        plot_training_loss(tmp_path / "none.png", {"a": []})
+
+
+def test_replot_from_an_output_folder(tmp_path):
+    samples, results = _small_results()
+    (tmp_path / "samples").mkdir()
+    for r in results:
+        np.save(tmp_path / "samples" / f"{r['solver']}_nfe{r['nfe']}.npy", samples[r["solver"]][r["nfe"]].numpy())
+    record = {"config": {"train": {"k": 4, "seed": 0}}, "results": results,
+              "train_history": {"gm": [{"iter": 10, "loss": 0.5}, {"iter": 20, "loss": 0.3}],
+                                "fm": [{"iter": 10, "loss": 0.7}, {"iter": 20, "loss": 0.6}]}}
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    paths = replot(tmp_path)
+    assert [p.name for p in paths] == ["toy_grid.png", "toy_metrics.png", "toy_loss.png"]
+    for p in paths:
+        _decoded_png(p)
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        replot(tmp_path / "nothing")
+
+
+def test_no_hand_written_image_encoder():
+    """Images are written by matplotlib / Pillow: no PNG chunk or zlib stream is assembled by hand."""
+    package = Path(gmflow.__file__).parent
+    for source in package.rglob("*.py"):
+        text = source.read_text()
+        for marker in ("IHDR", "zlib.compress", "struct.pack", "_GLYPHS", "_VIRIDIS"):
+            assert marker not in text, f"{source}: {marker}"

@@ -2,7 +2,8 @@
 same budget, sample every (solver, NFE) setting, score against the exact density, write the outputs.
 
 Outputs under ``out``: ``checkpoints/{gmflow_k<K>,baseline_k1}.pt``, ``samples/<solver>_nfe<N>.npy``
-(float32, N x 2), ``metrics.json``, ``toy_grid.png``; the table is printed.
+(float32, N x 2), ``metrics.json``, ``toy_grid.png``, ``toy_metrics.png``, ``toy_loss.png``; the table is
+printed.
 
 With ``jobs = 2`` (the default on a CPU) the two models are trained, then sampled, in two worker
 processes at once, each with half of the intra-op threads: on a small machine two single-threaded
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from .data import Checkerboard
-from .evaluate import format_table, sample_metrics, sample_toy, write_histogram_grid
+from .evaluate import format_table, sample_metrics, sample_toy
+from .figures import data_seed, exact_data_sample, history_labels, write_figures
 from .train import ToyTrainConfig, load_checkpoint, save_checkpoint, train_toy
 
 __all__ = ["ToyExperiment", "acceptance_checks", "run_toy_experiment"]
@@ -184,7 +186,11 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
     for row in rows:
         x = np.load(out / "samples" / f"{row['solver']}_nfe{row['nfe']}.npy")
         grid.setdefault(row["solver"], {})[row["nfe"]] = torch.from_numpy(x)
-    png = write_histogram_grid(out / "toy_grid.png", grid)
+    # the noise floor of every metric: an exact-data sample of the same size, from its own generator
+    data_sample = exact_data_sample(exp.samples, data_seed(exp.train.seed))
+    exact_data = sample_metrics(data_sample)
+    labels = history_labels(exp.train.k)
+    figures = write_figures(out, rows, grid, {labels[k]: h for k, h in histories.items()}, data_sample, exact_data)
     timings["total_s"] = time.perf_counter() - start
     checks = acceptance_checks(rows, exp.train.k) if exp.baseline else []
     record = {
@@ -193,6 +199,7 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
         "results": rows,
         "acceptance": checks,
         "acceptance_passed": all(c["passed"] for c in checks) if checks else None,
+        "exact_data": exact_data,
         "train_history": histories,
         "timings": timings,
         "torch": torch.__version__,
@@ -207,7 +214,7 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
         for c in checks:
             say(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['check']}: {c['gmflow']:.4f} vs {c['baseline']:.4f}")
     say("")
-    say(f"wrote {out / 'samples'}/*.npy, {out / 'metrics.json'}, {png}")
+    say(f"wrote {out / 'samples'}/*.npy, {out / 'metrics.json'}, {', '.join(str(f) for f in figures)}")
     say(f"time: training {timings['train_s']:.0f} s, sampling {timings['sampling_s']:.0f} s, "
         f"total {timings['total_s']:.0f} s")
     return record
