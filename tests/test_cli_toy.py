@@ -118,3 +118,24 @@ def test_two_worker_processes_give_the_same_results(tmp_path, capsys):
     assert b["jobs"] == 2 and b["threads_per_job"] == 1
     assert a["train_history"] == b["train_history"] or all(
         x["loss"] == y["loss"] for k in a["train_history"] for x, y in zip(a["train_history"][k], b["train_history"][k]))
+
+
+def test_acceptance_checks_cover_euler_8_and_32_on_every_metric():
+    from gmflow.toy.experiment import acceptance_checks
+
+    def row(solver, nfe, inside, js, swd):
+        return {"solver": solver, "nfe": nfe, "inside": inside, "js_bits": js, "swd": swd}
+
+    rows = [row("gm-ode2", 4, 0.98, 0.010, 0.010), row("gm-sde2", 4, 0.95, 0.020, 0.012),
+            row("fm-euler", 8, 0.95, 0.070, 0.270), row("fm-euler", 32, 0.975, 0.010, 0.069)]
+    checks = {c["check"]: c["passed"] for c in acceptance_checks(rows, 64)}
+    assert len(checks) == 12
+    # vs NFE 8: strictly better (a tie on inside fails); vs NFE 32: at least as good (a tie on JS passes)
+    assert not checks["K=64 gm-sde2@4 beats fm-euler@8 on inside"]
+    assert checks["K=64 gm-ode2@4 beats fm-euler@8 on inside"]
+    assert checks["K=64 gm-ode2@4 at least as good as fm-euler@32 on js_bits"]
+    assert not checks["K=64 gm-sde2@4 at least as good as fm-euler@32 on inside"]
+    assert not checks["K=64 gm-sde2@4 at least as good as fm-euler@32 on js_bits"]
+    assert sum(checks.values()) == 9
+    # settings that were not run are skipped
+    assert len(acceptance_checks(rows[:3], 64)) == 6 and acceptance_checks(rows[2:], 64) == []

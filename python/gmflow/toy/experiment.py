@@ -49,19 +49,22 @@ class ToyExperiment:
 
 
 def acceptance_checks(rows: list[dict], k: int) -> list[dict]:
-    """The README's acceptance: GMFlow at NFE 4 (gm-ode2 and gm-sde2) beats fm-euler at NFE 8 on all three
-    metrics and fm-euler at NFE 32 on sliced Wasserstein. Checks whose settings were not run are skipped."""
+    """The README's acceptance, on all three metrics, for GMFlow at NFE 4 (gm-ode2 and gm-sde2): better than
+    fm-euler at NFE 8, and at least as good as fm-euler at NFE 32 (the paper's claim: 4 GMFlow steps match
+    32 flow-matching steps). Checks whose settings were not run are skipped."""
     index = {(r["solver"], r["nfe"]): r for r in rows}
-    better = {"inside": lambda a, b: a > b, "js_bits": lambda a, b: a < b, "swd": lambda a, b: a < b}
+    higher_is_better = {"inside": True, "js_bits": False, "swd": False}
     checks = []
     for solver in ("gm-ode2", "gm-sde2"):
-        for ref_nfe, metrics in ((8, ("inside", "js_bits", "swd")), (32, ("swd",))):
+        for ref_nfe, strict in ((8, True), (32, False)):
             a, b = index.get((solver, 4)), index.get(("fm-euler", ref_nfe))
             if a is None or b is None:
                 continue
-            for m in metrics:
-                checks.append({"check": f"K={k} {solver}@4 vs fm-euler@{ref_nfe} on {m}", "gmflow": a[m],
-                               "baseline": b[m], "passed": bool(better[m](a[m], b[m]))})
+            for m, up in higher_is_better.items():
+                gain = a[m] - b[m] if up else b[m] - a[m]
+                relation = "beats" if strict else "at least as good as"
+                checks.append({"check": f"K={k} {solver}@4 {relation} fm-euler@{ref_nfe} on {m}", "gmflow": a[m],
+                               "baseline": b[m], "passed": bool(gain > 0 if strict else gain >= 0)})
     return checks
 
 
