@@ -290,3 +290,25 @@ def test_no_hand_written_image_encoder():
         text = source.read_text()
         for marker in ("IHDR", "zlib.compress", "struct.pack", "_GLYPHS", "_VIRIDIS"):
             assert marker not in text, f"{source}: {marker}"
+
+
+def test_budget_sweep_table_and_plot(tmp_path):
+    """benchmarks/toy_budget_sweep.py: the table and the plot from finished runs' records."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_budget_sweep.py"
+    spec = importlib.util.spec_from_file_location("toy_budget_sweep", script)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    records = {}
+    for iters, blur in ((100, 0.4), (200, 0.2), (400, 0.05)):
+        x = DATA.sample(1500, torch.Generator().manual_seed(iters))
+        rows = [{"solver": s, "nfe": n, **sample_metrics(x + blur * n ** -0.5 * torch.randn(1500, 2))}
+                for s, n in sweep.COMPARED]
+        checks = [{"check": "a", "passed": True}, {"check": "b", "passed": iters > 100}]
+        records[iters] = {"results": rows, "acceptance": checks, "exact_data": sample_metrics(x),
+                          "timings": {"train_s": iters / 10, "sampling_s": 1.0, "total_s": iters / 10 + 1}}
+    table = sweep.sweep_table(records)
+    assert "| 100 | gm-ode2@4 |" in table and "| 400 | exact-data sample | 1.0000 |" in table
+    assert "| 100 | 1 / 2 | b |" in table and "| 400 | 2 / 2 | none |" in table
+    _decoded_png(sweep.plot_sweep(tmp_path / "sweep.png", records), min_size=(600, 200))

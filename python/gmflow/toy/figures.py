@@ -37,7 +37,7 @@ METRIC_LABELS = {"inside": "inside fraction ↑", "js_bits": "JS divergence (bit
 FIGURE_NAMES = ("toy_grid.png", "toy_metrics.png", "toy_loss.png")
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,7 +46,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | Path, dpi: int) -> Path:
+def save_figure(fig, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -91,7 +91,7 @@ def plot_sample_grid(
          {nfe: (f"{SOLVER_LABELS.get(solver, solver)}, NFE {nfe}", relative_density(x)) for nfe, x in row.items()})
         for solver, row in rows.items()]
 
-    fig = _figure(2.1 * len(nfes) + 0.9, 2.15 * len(panels) + 0.3)
+    fig = new_figure(2.1 * len(nfes) + 0.9, 2.15 * len(panels) + 0.3)
     axes = fig.subplots(len(panels), len(nfes), squeeze=False)
     image = None
     for r, (label, row) in enumerate(panels):
@@ -116,7 +116,7 @@ def plot_sample_grid(
     fig.colorbar(image, ax=axes, shrink=0.5, label="density / data density")
     fig.suptitle(f"2-D checkerboard: samples per solver and NFE (histograms over [−{limit:g}, {limit:g}]²)",
                  fontsize=12)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_metrics(
@@ -134,7 +134,7 @@ def plot_metrics(
     if not by_solver:
         raise ValueError("results is empty")
     nfes = sorted({r["nfe"] for rs in by_solver.values() for r in rs})
-    fig = _figure(13.5, 4.0)
+    fig = new_figure(13.5, 4.0)
     axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("inside", "js_bits", "swd")):
         for solver, rs in by_solver.items():
@@ -153,12 +153,12 @@ def plot_metrics(
         ax.grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=9)
     fig.suptitle("Sample quality against the exact checkerboard density", fontsize=12)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_training_loss(path: str | Path, histories: Mapping[str, Iterable[Mapping]], dpi: int = 110) -> Path:
     """Training loss against iteration, one line per model (``histories[label] = [{'iter', 'loss'}, ...]``)."""
-    fig = _figure(6.5, 4.0)
+    fig = new_figure(6.5, 4.0)
     ax = fig.subplots()
     drawn = 0
     for label, history in histories.items():
@@ -173,7 +173,7 @@ def plot_training_loss(path: str | Path, histories: Mapping[str, Iterable[Mappin
     ax.set_title("Training loss")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def write_figures(
