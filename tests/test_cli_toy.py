@@ -35,6 +35,7 @@ def _one_thread():
         (["--seed", "-1"], "argument --seed: must be a non-negative integer"),
         (["--timestep-shift", "0"], "argument --timestep-shift: must be a positive number, got 0"),
         (["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'"),
+        (["--sde-temperature", "0"], "argument --sde-temperature: must be a positive number, got 0"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )

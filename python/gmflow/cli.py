@@ -163,6 +163,9 @@ def add_toy_parser(sub) -> None:
                      help="NFEs of the Euler baseline (default 1 2 4 8 16 32)")
     toy.add_argument("--ode-substeps-total", type=positive_int, default=128,
                      help="GM-ODE sub-steps per trajectory: ceil(this / NFE) per step (default 128, as the paper)")
+    toy.add_argument("--sde-temperature", type=positive_float, default=1.0,
+                     help="scale of the component stds at the last GM-SDE step; < 1 sharpens the final draw "
+                     "(default 1.0)")
     toy.add_argument("--no-baseline", action="store_true", help="skip the K=1 flow-matching baseline")
     toy.add_argument("--samples", type=positive_int, default=100_000, help="points per setting (default 100000)")
     toy.add_argument("--seed", type=nonnegative_int, default=0, help="seed of training and sampling (default 0)")
@@ -206,7 +209,7 @@ def run_toy(args: argparse.Namespace) -> dict:
         train=train, gm_nfe=tuple(sorted(set(args.nfe))), baseline=not args.no_baseline,
         baseline_nfe=tuple(sorted(set(args.baseline_nfe))), samples=args.samples, out=args.out,
         reuse_checkpoints=args.reuse_checkpoints, progress=not args.no_progress,
-        ode_total_substeps=args.ode_substeps_total, jobs=args.jobs,
+        ode_total_substeps=args.ode_substeps_total, sde_temperature=args.sde_temperature, jobs=args.jobs,
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -22,11 +22,14 @@ import torch
 from torch import Tensor
 
 from gmflow.flow.sampling import flow_euler_sample, flow_heun_sample, gm_mean_velocity, gm_ode_substeps, gmflow_sample
+from gmflow.flow.schedule import NUM_TIMESTEPS
+from gmflow.types import GaussianMixture
 
 from .data import Checkerboard
 
 __all__ = [
     "SOLVERS",
+    "FinalStepTemperature",
     "fraction_inside",
     "js_divergence_bits",
     "sample_metrics",
@@ -37,10 +40,29 @@ __all__ = [
 SOLVERS = ("gm-sde2", "gm-ode2", "gm-sde", "gm-ode", "fm-euler", "fm-heun")
 
 
+class FinalStepTemperature(torch.nn.Module):
+    """Wraps a GM model: at the last GM-SDE step (``t <= t_last``) the component stds are multiplied by
+    ``temperature``, so the final x0 draw is sharper (< 1) or blurrier (> 1); every other call is unchanged."""
+
+    def __init__(self, model, temperature: float, t_last: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.model, self.temperature, self.t_last = model, float(temperature), float(t_last)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> GaussianMixture:
+        gm = self.model(x_t, t)
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).reshape(-1, 1, 1, 1, 1)
+        log_scale = torch.where(t <= self.t_last * (1 + 1e-5), math.log(self.temperature), 0.0)
+        return GaussianMixture(gm.means, gm.logstds + log_scale.to(gm.logstds.dtype), gm.logweights)
+
+
 def _gm_solver(model, solver: str, nfe: int, noise: Tensor, generator: torch.Generator | None,
-               ode_total_substeps: int) -> Tensor:
+               ode_total_substeps: int, sde_temperature: float = 1.0) -> Tensor:
     order = 2 if solver.endswith("2") else 1
     if solver.startswith("gm-sde"):
+        if sde_temperature != 1.0:  # the sampler's steps are evenly spaced: the last one is at T / nfe
+            model = FinalStepTemperature(model, sde_temperature, NUM_TIMESTEPS / nfe)
         return gmflow_sample(model, noise, nfe, output_mode="sample", order=order, generator=generator).samples
     return gmflow_sample(model, noise, nfe, output_mode="mean", order=order,
                          num_substeps=gm_ode_substeps(nfe, ode_total_substeps), generator=generator).samples
@@ -56,11 +78,13 @@ def sample_toy(
     device: str | torch.device = "cpu",
     chunk: int = 4096,
     ode_total_substeps: int = 128,
+    sde_temperature: float = 1.0,
 ) -> Tensor:
     """``n`` points ``(n, 2)`` (float32, CPU) from ``model`` with ``solver`` at ``nfe`` network calls.
 
     The initial noise and every draw come from ``generator`` (a generator on ``device``).
-    For ``fm-heun`` the number of steps is ``(nfe + 1) // 2`` (NFE ``2 steps - 1``).
+    For ``fm-heun`` the number of steps is ``(nfe + 1) // 2`` (NFE ``2 steps - 1``). ``sde_temperature``
+    scales the component stds of the last GM-SDE step (:class:`FinalStepTemperature`; 1 = off).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -75,7 +99,7 @@ def sample_toy(
         elif solver == "fm-heun":
             x = flow_heun_sample(gm_mean_velocity(model), noise, (nfe + 1) // 2)
         else:
-            x = _gm_solver(model, solver, nfe, noise, generator, ode_total_substeps)
+            x = _gm_solver(model, solver, nfe, noise, generator, ode_total_substeps, sde_temperature)
         parts.append(x.reshape(m, 2).float().cpu())
     return torch.cat(parts)
 

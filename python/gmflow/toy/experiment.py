@@ -42,6 +42,7 @@ class ToyExperiment:
     baseline_nfe: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     samples: int = 100_000
     ode_total_substeps: int = 128
+    sde_temperature: float = 1.0  # component std scale of the last GM-SDE step (1 = the model's own)
     out: Path = Path("out/toy")
     reuse_checkpoints: bool = False
     progress: bool = True
@@ -105,7 +106,8 @@ def _train_job(config: dict, path: str, desc: str, reuse: bool, progress: bool, 
 
 
 def _sample_job(path: str, device: str, settings: list[tuple[str, int, int]], samples: int, out: str,
-                ode_total_substeps: int, progress: bool, threads: int | None) -> list[dict]:
+                ode_total_substeps: int, progress: bool, threads: int | None,
+                sde_temperature: float = 1.0) -> list[dict]:
     """Samples one model at each ``(solver, nfe, seed)``; saves the .npy files; returns the metric rows."""
     if threads:
         torch.set_num_threads(threads)
@@ -116,7 +118,8 @@ def _sample_job(path: str, device: str, settings: list[tuple[str, int, int]], sa
     for solver, nfe, seed in settings:
         generator = torch.Generator(device=device).manual_seed(seed)
         start = time.perf_counter()
-        x = sample_toy(model, solver, nfe, samples, generator, device, ode_total_substeps=ode_total_substeps)
+        x = sample_toy(model, solver, nfe, samples, generator, device, ode_total_substeps=ode_total_substeps,
+                       sde_temperature=sde_temperature)
         np.save(Path(out) / "samples" / f"{solver}_nfe{nfe}.npy", x.numpy().astype(np.float32))
         row = {"solver": solver, "nfe": nfe, "k": result.config.k, **sample_metrics(x, data),
                "seconds": time.perf_counter() - start}
@@ -181,7 +184,8 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
     say(f"sampling {exp.samples} points for each of {i} settings")
     t0 = time.perf_counter()
     sampled = _run_all(pool, _sample_job, [(str(paths[k]), exp.train.device, seeded[k], exp.samples, str(out),
-                                            exp.ode_total_substeps, exp.progress, threads) for k in keys])
+                                            exp.ode_total_substeps, exp.progress, threads, exp.sde_temperature)
+                                           for k in keys])
     timings["sampling_s"] = time.perf_counter() - t0
     rows = [row for part in sampled for row in part]
 
