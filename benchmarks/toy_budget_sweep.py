@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gmflow.toy.experiment import ToyExperiment, run_toy_experiment
-from gmflow.toy.figures import METRIC_LABELS, SOLVER_LABELS, new_figure, save_figure
+from gmflow.toy.figures import METRIC_LABELS, SOLVER_LABELS, format_metric_axis, new_figure, save_figure
 from gmflow.toy.train import ToyTrainConfig
 
 COMPARED = (("gm-ode2", 4), ("gm-sde2", 4), ("fm-euler", 8), ("fm-euler", 32))
@@ -72,14 +72,7 @@ def plot_sweep(path: Path, records: dict[int, dict]) -> Path:
         floors = [(i, rec["exact_data"][metric]) for i, rec in records.items() if rec.get("exact_data")]
         if floors:
             ax.plot(*zip(*floors), color="0.35", linestyle="--", label="exact-data sample")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.minorticks_off()
-        if metric != "inside":
-            ax.set_yscale("log")
-        ax.set_xlabel("training iterations (both models)")
-        ax.set_title(METRIC_LABELS[metric])
-        ax.grid(True, alpha=0.3)
+        format_metric_axis(ax, metric, budgets, "training iterations (both models)")
     axes[0].legend(fontsize=8)
     fig.suptitle("The toy's claim against the training budget", fontsize=12)
     return save_figure(fig, path, 110)
