@@ -61,6 +61,7 @@ def test_defaults():
     assert args.k == 64 and args.trans_ratio == 0.9 and not args.no_ema
     assert args.nfe == [1, 2, 4, 8] and args.baseline_nfe == [1, 2, 4, 8, 16, 32]
     assert args.samples == 100_000 and args.device == "cpu" and str(args.out) == "out/toy"
+    assert args.sde_temperature == 0.8
 
 
 def test_miniature_run_writes_everything(tmp_path, capsys):

@@ -42,7 +42,7 @@ class ToyExperiment:
     baseline_nfe: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     samples: int = 100_000
     ode_total_substeps: int = 128
-    sde_temperature: float = 1.0  # component std scale of the last GM-SDE step (1 = the model's own)
+    sde_temperature: float = 0.8  # component std scale of the last GM-SDE step (1 = the model's own)
     out: Path = Path("out/toy")
     reuse_checkpoints: bool = False
     progress: bool = True
