@@ -28,6 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         (["--seed", "-1"], "argument --seed: must be a non-negative integer"),
         (["--timestep-shift", "0"], "argument --timestep-shift: must be a positive number, got 0"),
         (["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'"),
+        (["--sde-temperature", "0"], "argument --sde-temperature: must be a positive number, got 0"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -53,6 +54,7 @@ def test_defaults():
     assert args.k == 64 and args.trans_ratio == 0.9 and not args.no_ema
     assert args.nfe == [1, 2, 4, 8] and args.baseline_nfe == [1, 2, 4, 8, 16, 32]
     assert args.samples == 100_000 and args.device == "cpu" and str(args.out) == "out/toy"
+    assert args.sde_temperature == 0.8
 
 
 def test_miniature_run_writes_everything(tmp_path, capsys):
@@ -74,13 +76,24 @@ def test_miniature_run_writes_everything(tmp_path, capsys):
     assert record["results"][-1]["k"] == 1
     assert set(record["results"][0]) >= {"inside", "js_bits", "swd"}
     assert record["acceptance"] == []  # NFE 4 was not run for GMFlow
-    assert (out / "toy_grid.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    for name in ("toy_grid.png", "toy_metrics.png", "toy_loss.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+    assert set(record["exact_data"]) == {"inside", "js_bits", "swd"} and record["exact_data"]["inside"] == 1.0
     assert (out / "checkpoints" / "gmflow_k4.pt").exists() and (out / "checkpoints" / "baseline_k1.pt").exists()
     # a second run reuses the checkpoints and reproduces the samples exactly
     first = np.load(out / "samples" / "gm-sde2_nfe2.npy")
     assert main([*argv, "--reuse-checkpoints"]) == 0
     assert "reusing" in capsys.readouterr().out
     assert np.array_equal(first, np.load(out / "samples" / "gm-sde2_nfe2.npy"))
+    # --replot redraws the figures from the files alone
+    (out / "toy_loss.png").unlink()
+    assert main(["toy", "--replot", str(out)]) == 0
+    assert (out / "toy_loss.png").exists() and "toy_grid.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="metrics.json"):
+        main(["toy", "--replot", str(tmp_path / "missing")])
 
 
 def test_two_worker_processes_give_the_same_results(tmp_path, capsys):
@@ -100,3 +113,24 @@ def test_two_worker_processes_give_the_same_results(tmp_path, capsys):
     assert b["jobs"] == 2 and b["threads_per_job"] == 1
     assert a["train_history"] == b["train_history"] or all(
         x["loss"] == y["loss"] for k in a["train_history"] for x, y in zip(a["train_history"][k], b["train_history"][k]))
+
+
+def test_acceptance_checks_cover_euler_8_and_32_on_every_metric():
+    from gmflow.toy.experiment import acceptance_checks
+
+    def row(solver, nfe, inside, js, swd):
+        return {"solver": solver, "nfe": nfe, "inside": inside, "js_bits": js, "swd": swd}
+
+    rows = [row("gm-ode2", 4, 0.98, 0.010, 0.010), row("gm-sde2", 4, 0.95, 0.020, 0.012),
+            row("fm-euler", 8, 0.95, 0.070, 0.270), row("fm-euler", 32, 0.975, 0.010, 0.069)]
+    checks = {c["check"]: c["passed"] for c in acceptance_checks(rows, 64)}
+    assert len(checks) == 12
+    # vs NFE 8: strictly better (a tie on inside fails); vs NFE 32: at least as good (a tie on JS passes)
+    assert not checks["K=64 gm-sde2@4 beats fm-euler@8 on inside"]
+    assert checks["K=64 gm-ode2@4 beats fm-euler@8 on inside"]
+    assert checks["K=64 gm-ode2@4 at least as good as fm-euler@32 on js_bits"]
+    assert not checks["K=64 gm-sde2@4 at least as good as fm-euler@32 on inside"]
+    assert not checks["K=64 gm-sde2@4 at least as good as fm-euler@32 on js_bits"]
+    assert sum(checks.values()) == 9
+    # settings that were not run are skipped
+    assert len(acceptance_checks(rows[:3], 64)) == 6 and acceptance_checks(rows[2:], 64) == []

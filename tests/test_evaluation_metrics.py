@@ -15,6 +15,7 @@ from gmflow.evaluation import (
     InceptionFeatureNet,
     InceptionMetrics,
     ReferenceStats,
+    feature_statistics,
     frechet_distance,
     images_to_uint8,
     inception_score,
@@ -48,6 +49,45 @@ def test_frechet_distance_matches_scipy_sqrtm():
     assert frechet_distance(np.zeros(8), low_rank, np.zeros(8), low_rank) == pytest.approx(0, abs=1e-6 * 140)
     with pytest.raises(ValueError, match="shape mismatch"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def test_frechet_distance_agrees_with_torchmetrics_on_the_same_features():
+    """gmflow's feature statistics + Fréchet distance give torchmetrics' FrechetInceptionDistance fed the same
+    features through an identity extractor (no network, nothing downloaded)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    class Identity(torch.nn.Module):
+        num_features = 12
+
+        def forward(self, x):
+            return x
+
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
+    fake = rng.normal(loc=0.3, scale=1.2, size=(300, 12)) @ rng.normal(size=(12, 12))
+    for a, b in ((real, fake), (real, real[::-1] * 1.01)):
+        reference = FrechetInceptionDistance(feature=Identity())
+        reference.update(torch.from_numpy(np.ascontiguousarray(a)), real=True)
+        reference.update(torch.from_numpy(np.ascontiguousarray(b)), real=False)
+        expected = float(reference.compute())
+        ours = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+        assert ours == pytest.approx(expected, rel=1e-7, abs=1e-8)
+    assert expected > 0
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_precision_recall_agrees_with_prdc(k):
+    """Improved precision / recall (k-NN manifolds) equal prdc's ``compute_prdc`` on the same features."""
+    from prdc import compute_prdc
+
+    rng = np.random.default_rng(4 + k)
+    real = rng.normal(size=(300, 8))
+    fake = rng.normal(loc=0.4, scale=1.3, size=(250, 8))
+    reference = compute_prdc(real, fake, nearest_k=k)
+    precision, recall = precision_recall(real, fake, k=k, batch_size=64, dtype=torch.float64)
+    assert precision == pytest.approx(reference["precision"], abs=1e-12)
+    assert recall == pytest.approx(reference["recall"], abs=1e-12)
+    assert 0.1 < precision < 0.99 and 0.1 < recall < 0.99  # neither trivially 0 nor 1
 
 
 def test_inception_score_closed_forms():

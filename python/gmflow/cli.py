@@ -130,7 +130,7 @@ def add_toy_parser(sub) -> None:
         "same budget on the 2-D checkerboard, sample both (GM-SDE2 / GM-ODE2 at --nfe, Euler at "
         "--baseline-nfe), score the samples against the exact density (fraction inside the white squares, "
         "Jensen-Shannon divergence of 64x64 histograms, sliced Wasserstein-1) and write OUT/samples/*.npy, "
-        "OUT/metrics.json and OUT/toy_grid.png.",
+        "OUT/metrics.json and the figures OUT/toy_grid.png, OUT/toy_metrics.png, OUT/toy_loss.png.",
     )
     toy.add_argument("--k", type=positive_int, default=d.k, help=f"mixture components of GMFlow (default {d.k})")
     toy.add_argument("--iters", type=positive_int, default=d.iters, help=f"training iterations per model (default {d.iters})")
@@ -154,6 +154,9 @@ def add_toy_parser(sub) -> None:
                      help="NFEs of the Euler baseline (default 1 2 4 8 16 32)")
     toy.add_argument("--ode-substeps-total", type=positive_int, default=128,
                      help="GM-ODE sub-steps per trajectory: ceil(this / NFE) per step (default 128, as the paper)")
+    toy.add_argument("--sde-temperature", type=positive_float, default=0.8,
+                     help="scale of the component stds at the last GM-SDE step; < 1 sharpens the final draw, "
+                     "1 is the model's own (default 0.8)")
     toy.add_argument("--no-baseline", action="store_true", help="skip the K=1 flow-matching baseline")
     toy.add_argument("--samples", type=positive_int, default=100_000, help="points per setting (default 100000)")
     toy.add_argument("--seed", type=nonnegative_int, default=0, help="seed of training and sampling (default 0)")
@@ -165,6 +168,9 @@ def add_toy_parser(sub) -> None:
     toy.add_argument("--no-progress", action="store_true", help="no progress bars")
     toy.add_argument("--threads", type=positive_int, default=None,
                      help="torch intra-op threads in total (default: torch's choice, one per core)")
+    toy.add_argument("--replot", type=Path, default=None, metavar="OUT",
+                     help="only redraw the figures of a finished run in OUT from its metrics.json and samples "
+                     "(no training, no sampling)")
     toy.add_argument("--jobs", type=positive_int, default=2,
                      help="worker processes on CPU: the two models train and sample side by side, each with "
                      "threads/jobs threads (default 2; 1 = everything in this process)")
@@ -174,6 +180,15 @@ def run_toy(args: argparse.Namespace) -> dict:
     from gmflow.toy.experiment import ToyExperiment, run_toy_experiment
     from gmflow.toy.train import ToyTrainConfig
 
+    if args.replot is not None:
+        from gmflow.toy.figures import replot
+
+        try:
+            paths = replot(args.replot)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"gmflow toy --replot: {exc}") from None
+        print("wrote " + ", ".join(str(p) for p in paths))
+        return {"figures": [str(p) for p in paths]}
     train = ToyTrainConfig(
         k=args.k, iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         lr_schedule=args.lr_schedule,
@@ -185,7 +200,7 @@ def run_toy(args: argparse.Namespace) -> dict:
         train=train, gm_nfe=tuple(sorted(set(args.nfe))), baseline=not args.no_baseline,
         baseline_nfe=tuple(sorted(set(args.baseline_nfe))), samples=args.samples, out=args.out,
         reuse_checkpoints=args.reuse_checkpoints, progress=not args.no_progress,
-        ode_total_substeps=args.ode_substeps_total, jobs=args.jobs,
+        ode_total_substeps=args.ode_substeps_total, sde_temperature=args.sde_temperature, jobs=args.jobs,
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)

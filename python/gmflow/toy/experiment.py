@@ -2,7 +2,8 @@
 same budget, sample every (solver, NFE) setting, score against the exact density, write the outputs.
 
 Outputs under ``out``: ``checkpoints/{gmflow_k<K>,baseline_k1}.pt``, ``samples/<solver>_nfe<N>.npy``
-(float32, N x 2), ``metrics.json``, ``toy_grid.png``; the table is printed.
+(float32, N x 2), ``metrics.json``, ``toy_grid.png``, ``toy_metrics.png``, ``toy_loss.png``; the table is
+printed.
 
 With ``jobs = 2`` (the default on a CPU) the two models are trained, then sampled, in two worker
 processes at once, each with half of the intra-op threads: on a small machine two single-threaded
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from .data import Checkerboard
-from .evaluate import format_table, sample_metrics, sample_toy, write_histogram_grid
+from .evaluate import format_table, sample_metrics, sample_toy
+from .figures import data_seed, exact_data_sample, history_labels, write_figures
 from .train import ToyTrainConfig, load_checkpoint, save_checkpoint, train_toy
 
 __all__ = ["ToyExperiment", "acceptance_checks", "run_toy_experiment"]
@@ -40,6 +42,7 @@ class ToyExperiment:
     baseline_nfe: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     samples: int = 100_000
     ode_total_substeps: int = 128
+    sde_temperature: float = 0.8  # component std scale of the last GM-SDE step (1 = the model's own)
     out: Path = Path("out/toy")
     reuse_checkpoints: bool = False
     progress: bool = True
@@ -47,19 +50,22 @@ class ToyExperiment:
 
 
 def acceptance_checks(rows: list[dict], k: int) -> list[dict]:
-    """The README's acceptance: GMFlow at NFE 4 (gm-ode2 and gm-sde2) beats fm-euler at NFE 8 on all three
-    metrics and fm-euler at NFE 32 on sliced Wasserstein. Checks whose settings were not run are skipped."""
+    """The README's acceptance, on all three metrics, for GMFlow at NFE 4 (gm-ode2 and gm-sde2): better than
+    fm-euler at NFE 8, and at least as good as fm-euler at NFE 32 (the paper's claim: 4 GMFlow steps match
+    32 flow-matching steps). Checks whose settings were not run are skipped."""
     index = {(r["solver"], r["nfe"]): r for r in rows}
-    better = {"inside": lambda a, b: a > b, "js_bits": lambda a, b: a < b, "swd": lambda a, b: a < b}
+    higher_is_better = {"inside": True, "js_bits": False, "swd": False}
     checks = []
     for solver in ("gm-ode2", "gm-sde2"):
-        for ref_nfe, metrics in ((8, ("inside", "js_bits", "swd")), (32, ("swd",))):
+        for ref_nfe, strict in ((8, True), (32, False)):
             a, b = index.get((solver, 4)), index.get(("fm-euler", ref_nfe))
             if a is None or b is None:
                 continue
-            for m in metrics:
-                checks.append({"check": f"K={k} {solver}@4 vs fm-euler@{ref_nfe} on {m}", "gmflow": a[m],
-                               "baseline": b[m], "passed": bool(better[m](a[m], b[m]))})
+            for m, up in higher_is_better.items():
+                gain = a[m] - b[m] if up else b[m] - a[m]
+                relation = "beats" if strict else "at least as good as"
+                checks.append({"check": f"K={k} {solver}@4 {relation} fm-euler@{ref_nfe} on {m}", "gmflow": a[m],
+                               "baseline": b[m], "passed": bool(gain > 0 if strict else gain >= 0)})
     return checks
 
 
@@ -100,7 +106,8 @@ def _train_job(config: dict, path: str, desc: str, reuse: bool, progress: bool, 
 
 
 def _sample_job(path: str, device: str, settings: list[tuple[str, int, int]], samples: int, out: str,
-                ode_total_substeps: int, progress: bool, threads: int | None) -> list[dict]:
+                ode_total_substeps: int, progress: bool, threads: int | None,
+                sde_temperature: float = 1.0) -> list[dict]:
     """Samples one model at each ``(solver, nfe, seed)``; saves the .npy files; returns the metric rows."""
     if threads:
         torch.set_num_threads(threads)
@@ -111,7 +118,8 @@ def _sample_job(path: str, device: str, settings: list[tuple[str, int, int]], sa
     for solver, nfe, seed in settings:
         generator = torch.Generator(device=device).manual_seed(seed)
         start = time.perf_counter()
-        x = sample_toy(model, solver, nfe, samples, generator, device, ode_total_substeps=ode_total_substeps)
+        x = sample_toy(model, solver, nfe, samples, generator, device, ode_total_substeps=ode_total_substeps,
+                       sde_temperature=sde_temperature)
         np.save(Path(out) / "samples" / f"{solver}_nfe{nfe}.npy", x.numpy().astype(np.float32))
         row = {"solver": solver, "nfe": nfe, "k": result.config.k, **sample_metrics(x, data),
                "seconds": time.perf_counter() - start}
@@ -176,7 +184,8 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
     say(f"sampling {exp.samples} points for each of {i} settings")
     t0 = time.perf_counter()
     sampled = _run_all(pool, _sample_job, [(str(paths[k]), exp.train.device, seeded[k], exp.samples, str(out),
-                                            exp.ode_total_substeps, exp.progress, threads) for k in keys])
+                                            exp.ode_total_substeps, exp.progress, threads, exp.sde_temperature)
+                                           for k in keys])
     timings["sampling_s"] = time.perf_counter() - t0
     rows = [row for part in sampled for row in part]
 
@@ -184,7 +193,11 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
     for row in rows:
         x = np.load(out / "samples" / f"{row['solver']}_nfe{row['nfe']}.npy")
         grid.setdefault(row["solver"], {})[row["nfe"]] = torch.from_numpy(x)
-    png = write_histogram_grid(out / "toy_grid.png", grid)
+    # the noise floor of every metric: an exact-data sample of the same size, from its own generator
+    data_sample = exact_data_sample(exp.samples, data_seed(exp.train.seed))
+    exact_data = sample_metrics(data_sample)
+    labels = history_labels(exp.train.k)
+    figures = write_figures(out, rows, grid, {labels[k]: h for k, h in histories.items()}, data_sample, exact_data)
     timings["total_s"] = time.perf_counter() - start
     checks = acceptance_checks(rows, exp.train.k) if exp.baseline else []
     record = {
@@ -193,6 +206,7 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
         "results": rows,
         "acceptance": checks,
         "acceptance_passed": all(c["passed"] for c in checks) if checks else None,
+        "exact_data": exact_data,
         "train_history": histories,
         "timings": timings,
         "torch": torch.__version__,
@@ -207,7 +221,7 @@ def _run(exp: ToyExperiment, out: Path, start: float, jobs: int, threads: int | 
         for c in checks:
             say(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['check']}: {c['gmflow']:.4f} vs {c['baseline']:.4f}")
     say("")
-    say(f"wrote {out / 'samples'}/*.npy, {out / 'metrics.json'}, {png}")
+    say(f"wrote {out / 'samples'}/*.npy, {out / 'metrics.json'}, {', '.join(str(f) for f in figures)}")
     say(f"time: training {timings['train_s']:.0f} s, sampling {timings['sampling_s']:.0f} s, "
         f"total {timings['total_s']:.0f} s")
     return record
