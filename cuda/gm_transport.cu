@@ -2,7 +2,7 @@
 // gm_kr_inverse / gm_kr_forward (torch-free). One thread per output item, items ordered
 // (batch, [sample,] pixel) with the pixel fastest, so every load and store is coalesced along p.
 // Formulas as in cpp/cpu/gm_transport.cpp:
-//   Newton (§2.2): exactly n_steps clamped steps from x0 = g sqrt(v + s^2) + m; a thread stops
+//   Newton (docs/ops.md#gm1d_inverse_cdf): exactly n_steps clamped steps from x0 = g sqrt(v + s^2) + m; a thread stops
 //     early once its iterates are periodic with period 1 or 2 (bit for bit), which gives the same
 //     x_{n_steps} because the update is a fixed function of x.
 //   gm_kr_inverse: per-axis conditional logits log_softmax(lambda - S / 2), a Newton solve per

@@ -1,6 +1,7 @@
-"""The checkpoint layout of the released GM-DiT (MODELS_AND_TRAINING.md §5.3, §5.4), generated from the
-spec's rules rather than copied from a dump, plus a writer of synthetic pipeline folders in the
-official layout (§5.2 / §5.2b) used by the checkpoint and pipeline tests.
+"""The checkpoint layout of the released GM-DiT (docs/models.md#gm-dit-state-dict,
+docs/models.md#spectrummlp-state-dict), generated from the
+layout rules of docs/models.md#gm-dit-state-dict rather than copied from a dump, plus a writer of synthetic pipeline
+folders in the official layout (docs/models.md#pipeline-folder) used by the checkpoint and pipeline tests.
 
 The folder writer builds every file by hand (JSON + safetensors), independently of
 ``GMDiTPipeline.save_pretrained``, so the loader is tested against the layout, not against itself.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-# §5.2: the transformer/config.json of the released model (keys and values)
+# docs/models.md#pipeline-folder: the transformer/config.json of the released model (keys and values)
 RELEASED_TRANSFORMER_CONFIG = {
     "num_gaussians": 8, "constant_logstd": None, "logstd_inner_dim": 1024, "gm_num_logstd_layers": 2,
     "class_dropout_prob": 0.0, "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4,
@@ -22,7 +23,7 @@ RELEASED_TRANSFORMER_CONFIG = {
     "upcast_attention": False, "norm_type": "ada_norm_zero", "norm_elementwise_affine": False, "norm_eps": 1e-05,
 }
 
-# per block (§5.3): name -> shape as a function of the width D
+# per block (docs/models.md#gm-dit-state-dict): name -> shape as a function of the width D
 BLOCK_LINEARS = {
     "norm1.linear": lambda D: (6 * D, D),
     "attn1.to_q": lambda D: (D, D),
@@ -35,7 +36,7 @@ BLOCK_LINEARS = {
 
 
 def gmdit_keys(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """Every state-dict tensor of a GM-DiT of config ``cfg`` and its shape (§5.3 rules)."""
+    """Every state-dict tensor of a GM-DiT of config ``cfg`` and its shape (docs/models.md#gm-dit-state-dict rules)."""
     D = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     C, p, K = cfg["in_channels"], cfg["patch_size"], cfg["num_gaussians"]
     C_out = cfg["out_channels"] or C
@@ -67,7 +68,7 @@ def gmdit_keys(cfg: dict) -> dict[str, tuple[int, ...]]:
 
 
 def spectrum_keys(base_size=(4, 32, 32), layers=(64, 8)) -> dict[str, tuple[int, ...]]:
-    """§5.4: ``mlp.{0,2,4}.{weight,bias}`` of ``2 -> layers... -> C H W``."""
+    """docs/models.md#spectrummlp-state-dict: ``mlp.{0,2,4}.{weight,bias}`` of ``2 -> layers... -> C H W``."""
     dims = [2, *layers, base_size[0] * base_size[1] * base_size[2]]
     keys = {}
     for j in range(len(dims) - 1):

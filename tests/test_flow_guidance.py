@@ -1,4 +1,5 @@
-"""Probabilistic guidance and the second-order GM solver (spec §5; §14 items 20, 21)."""
+"""Probabilistic guidance and the second-order GM solver (docs/sampling.md#guidance-and-the-second-order-solver;
+docs/testing.md#guidance-and-solver-oracles)."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def test_second_order_first_call_is_identity():
 
 def test_second_order_zero_difference_keeps_base_gm():
     """m_now == m_prev (same GM re-conditioned on the same state): Delta = 0 and the output GM equals the
-    base GM up to the eps-mask effect (§15)."""
+    base GM up to the eps-mask effect (docs/ops.md#numerical-pitfalls)."""
     gm, gauss, x_t = _solver_inputs(1)
     solver = GMSecondOrderSolver()
     solver(gm, gauss, x_t, 600.0, 200.0)
@@ -180,8 +181,8 @@ def test_second_order_does_not_mutate_inputs():
 
 
 def test_second_order_correction_steps_reduce_mean_error():
-    """Correction steps drive the mean of the output GM to base mean + Delta (§5.2 step 9): for 1x1
-    pixels (a scalar gain per pixel) the iteration converges geometrically."""
+    """Correction steps drive the mean of the output GM to base mean + Delta (docs/sampling.md#second-order-gm-solver):
+    for 1x1 pixels (a scalar gain per pixel) the iteration converges geometrically."""
     gm = _gm(B=4, K=4, C=2, H=1, W=1, seed=8, spread=0.5)
     x_t = torch.randn(4, 2, 1, 1, dtype=F64, generator=torch.Generator().manual_seed(0))
     gauss = ops.gm_to_iso_gaussian(gm)

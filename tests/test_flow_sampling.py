@@ -1,4 +1,5 @@
-"""The sampling loop (spec §8) end to end with an exact model (§14 items 21, 22), determinism,
+"""The sampling loop (docs/sampling.md#the-sampling-loop) end to end with an exact model
+(docs/testing.md#guidance-and-solver-oracles, docs/testing.md#end-to-end-oracle), determinism,
 guidance in the loop, the flow-matching baselines and argument checks."""
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def test_exact_posterior_model_is_the_data_law_at_t_max():
 
 @pytest.mark.parametrize("order", [1, 2])
 def test_gm_sde_single_step_reproduces_data(order):
-    """§14.22: GM-SDE with the exact posterior is exact for any number of steps, one included."""
+    """docs/testing.md#end-to-end-oracle: GM-SDE with the exact posterior is exact for any number of steps, one
+    included."""
     x = gmflow_sample(exact_u_posterior, _noise(20_000, 0), 1, output_mode="sample", order=order,
                       generator=torch.Generator().manual_seed(1)).samples
     _check_data_law(x)
@@ -99,7 +101,8 @@ def _ode_reference(noise):
 
 
 def test_gm_ode_converges_with_substeps():
-    """§14.22: GM-ODE is exact up to the Euler error of its sub-steps: NFE = 2, S = 1 -> 8 -> 64."""
+    """docs/testing.md#end-to-end-oracle: GM-ODE is exact up to the Euler error of its sub-steps: NFE = 2, S = 1 -> 8 ->
+    64."""
     noise = _noise(1000, 4)
     ref = _ode_reference(noise)
     errors = []
@@ -111,7 +114,8 @@ def test_gm_ode_converges_with_substeps():
 
 
 def test_gm_ode_and_sde_order2_match_order1_for_exact_model():
-    """§14.21: with the exact model m_now = m_prev, so the 2nd-order correction (nearly) vanishes."""
+    """docs/testing.md#guidance-and-solver-oracles: with the exact model m_now = m_prev, so the 2nd-order correction
+    (nearly) vanishes."""
     noise = _noise(500, 5)
     a = gmflow_sample(exact_u_posterior, noise, 4, output_mode="mean", num_substeps=8, order=1).samples
     b = gmflow_sample(exact_u_posterior, noise, 4, output_mode="mean", num_substeps=8, order=2).samples

@@ -1,4 +1,5 @@
-"""Schedule, timestep sampler and the transition/spectral losses (spec §6, §7.1; §14 items 16, 19, 23)."""
+"""Schedule, timestep sampler and the transition/spectral losses (docs/training.md#the-gmflow-objective,
+docs/sampling.md#time-grid; docs/testing.md#flow-level-oracles, docs/testing.md#timestep-sampler-oracle)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Schedulers (spec §7; §14 items 16, 19): update rules, equivalences, diffusers API, config round trip."""
+"""Schedulers (docs/sampling.md#schedulers; docs/testing.md#flow-level-oracles): update rules, equivalences, diffusers
+API, config round trip."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_set_timesteps(cls, shift):
 
 
 def test_sde_h1_equals_original_gmflow_sde():
-    """§14.19: the canonical h = 1 update equals the original c1 x + c2 x0 + sqrt(beta_bar) sigma' xi."""
+    """docs/testing.md#flow-level-oracles: the canonical h = 1 update equals the original c1 x + c2 x0 + sqrt(beta_bar)
+    sigma' xi."""
     x, x0 = _state()
     s = GMFlowSDEScheduler(shift=2.0)
     s.set_timesteps(5)
@@ -116,7 +118,8 @@ def test_euler_step_formula():
 
 
 def test_sde_step_is_exact_posterior_sampling():
-    """§14.16 MC: from x_t ~ q(x_t | x0) with x0 known, one GM-SDE step gives x_t' ~ N(alpha' x0, sigma'^2)."""
+    """docs/testing.md#flow-level-oracles MC: from x_t ~ q(x_t | x0) with x0 known, one GM-SDE step gives x_t' ~
+    N(alpha' x0, sigma'^2)."""
     n = 200_000
     x0 = torch.full((n, 1, 1, 1), 0.8, dtype=F64)
     s = GMFlowSDEScheduler()

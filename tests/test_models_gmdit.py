@@ -1,5 +1,5 @@
-"""GM-DiT (MODELS_AND_TRAINING.md §1): full-size parameter count and checkpoint keys on the meta device,
-the forward against an independent functional re-statement of §1.2-§1.5, init rules, dtypes,
+"""GM-DiT (docs/models.md#gm-dit): full-size parameter count and checkpoint keys on the meta device,
+the forward against an independent functional re-statement of docs/models.md, init rules, dtypes,
 gradient checkpointing, class dropout."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_full_size_parameter_count(full_meta):
     params = dict(full_meta.named_parameters())
     assert all(p.is_meta for p in params.values())
     assert sum(p.numel() for p in params.values()) == 676_164_001
-    # the per-part counts of §1.8
+    # the per-part counts of docs/models.md#parameter-count
     def count(prefix):
         return sum(p.numel() for k, p in params.items() if k.startswith(prefix))
 
@@ -56,7 +56,7 @@ def test_full_size_state_dict_matches_the_released_checkpoint(full_meta):
     assert len(expected) == 2 + 4 + 1 + 28 * 14 + 2 + 2 + 4 == 407
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
     assert list(state) == list(expected)  # same order as the rules list them
-    # a few literal rows of the §5.3 table
+    # a few literal rows of the docs/models.md#gm-dit-state-dict table
     assert expected["transformer_blocks.27.norm1.linear.weight"] == (6912, 1152)
     assert expected["emb.class_embedder.embedding_table.weight"] == (1001, 1152)
     assert expected["proj_out_2.weight"] == (160, 1152)
@@ -77,7 +77,7 @@ def test_config_round_trip_and_validation():
             tiny(**bad)
 
 
-# -- an independent statement of the forward (§1.2 - §1.5), on the state dict ---------------------------------
+# -- an independent statement of the forward (docs/models.md), on the state dict ------------------------------
 
 def _reference_forward(sd, cfg, x, T, y):
     D = cfg["num_attention_heads"] * cfg["attention_head_dim"]

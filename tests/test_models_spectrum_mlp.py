@@ -1,4 +1,5 @@
-"""SpectrumMLP (MODELS_AND_TRAINING.md §1.9, §5.4): size and keys, statistics, corner crop, normalisation."""
+"""SpectrumMLP (docs/models.md#spectrummlp, docs/models.md#spectrummlp-state-dict): size and keys, statistics, corner
+crop, normalisation."""
 
 from __future__ import annotations
 

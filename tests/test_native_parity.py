@@ -167,7 +167,7 @@ def test_many_components_cross_block_boundaries(device, K, HW):
 
 
 def test_zero_weight_component_gives_no_nan(device):
-    """One logweight at -inf (others finite): finite log density and gradients (§14 item 6)."""
+    """One logweight at -inf (others finite): finite log density and gradients (docs/testing.md#algebra-oracles)."""
     _require_native(device)
     means, logstds, logweights, samples = GmCase(batch=(2,), K=4, C=2, H=3, W=4, N=2).tensors(device)
     logweights = logweights.clone()

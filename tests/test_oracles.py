@@ -1,5 +1,5 @@
 """Mathematical oracles for the native-kernel ops, independent of the reference
-implementation (OPS_AND_SAMPLERS.md §14 items 1, 2, 6, 7)."""
+implementation (docs/testing.md#algebra-oracles)."""
 
 from __future__ import annotations
 

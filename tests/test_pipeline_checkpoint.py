@@ -1,4 +1,4 @@
-"""Pipeline folders in the official layout (MODELS_AND_TRAINING.md §5.2 / §5.2b): a tiny synthetic
+"""Pipeline folders in the official layout (docs/models.md#pipeline-folder): a tiny synthetic
 folder written by hand loads; original and LakonLab-patched module paths; variants; a bit-identical
 save -> load round trip; clear errors for broken folders."""
 

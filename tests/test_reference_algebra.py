@@ -1,4 +1,4 @@
-"""Oracles (spec §14 items 1–6) for the pure-PyTorch GM / Gaussian algebra reference."""
+"""Oracles (docs/testing.md#algebra-oracles) for the pure-PyTorch GM / Gaussian algebra reference."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_psd_inverse_raises_on_indefinite():
 
 
 # ----------------------------------------------------------------------------------------
-# §14.1 K = 1 reductions
+# docs/testing.md#algebra-oracles K = 1 reductions
 
 
 def test_k1_gm_to_gaussian_is_the_component():
@@ -171,7 +171,7 @@ def test_iso_gaussian_logprob_matches_scipy():
 
 
 # ----------------------------------------------------------------------------------------
-# §14.2 Monte-Carlo moments of ancestral sampling
+# docs/testing.md#algebra-oracles Monte-Carlo moments of ancestral sampling
 
 
 def mc_check_mean(samples, expected, n):
@@ -258,7 +258,7 @@ def test_gm_to_gaussian_matches_numpy_per_pixel_and_cov_scale():
 
 
 # ----------------------------------------------------------------------------------------
-# §14.3 identities of gm_mul_iso_gaussian
+# docs/testing.md#algebra-oracles identities of gm_mul_iso_gaussian
 
 
 @settings(deadline=None, max_examples=25)
@@ -306,7 +306,7 @@ def test_gm_mul_iso_gaussian_very_broad_gaussian_is_nearly_identity():
 
 
 # ----------------------------------------------------------------------------------------
-# §14.4 / §14.5 grid oracles of products (float64)
+# docs/testing.md#algebra-oracles grid oracles of products (float64)
 
 
 @pytest.mark.parametrize("C", [1, 2])
@@ -420,7 +420,7 @@ def test_gaussian_mul_gaussian_grid(powers):
 
 
 # ----------------------------------------------------------------------------------------
-# §14.6 densities integrate to one
+# docs/testing.md#algebra-oracles densities integrate to one
 
 
 def test_gm_cov_logprob_integrates_to_one_and_matches_closed_form():
@@ -456,7 +456,7 @@ def test_logprobs_with_minus_inf_logweight_have_no_nan():
 
 
 # ----------------------------------------------------------------------------------------
-# §1.13 Monte-Carlo KL / entropy
+# docs/ops.md#log-densities-kl-and-entropy Monte-Carlo KL / entropy
 
 
 def test_kl_of_identical_gms_is_zero():
@@ -497,7 +497,7 @@ def test_kl_with_kr_samples_is_differentiable():
 
 
 # ----------------------------------------------------------------------------------------
-# §1.14 temperature / transpose
+# docs/ops.md#gm_temperature temperature / transpose
 
 
 def test_gm_temperature():

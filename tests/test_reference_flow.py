@@ -1,4 +1,5 @@
-"""Oracles (spec §14 items 14, 16–18) for the flow-level GM operations reference."""
+"""Oracles (docs/testing.md#transport-and-spectral-oracles, docs/testing.md#flow-level-oracles) for the flow-level GM
+operations reference."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def bcast(t, ndim=4):
 
 
 # ----------------------------------------------------------------------------------------
-# §4.1 – §4.2 forward process
+# docs/ops.md#forward-process forward process
 
 
 def test_sample_forward_diffusion():
@@ -86,7 +87,7 @@ def test_forward_transition_edge_cases_and_sampling():
 
 
 # ----------------------------------------------------------------------------------------
-# §4.3 u_to_x_0 (§14.17)
+# docs/ops.md#u_to_x_0 u_to_x_0 (docs/testing.md#flow-level-oracles)
 
 
 def test_u_to_x_0_identities():
@@ -145,7 +146,7 @@ def test_bad_inputs_raise():
 
 
 # ----------------------------------------------------------------------------------------
-# §4.4 reverse transition (§14.16)
+# docs/ops.md#reverse_transition reverse transition (docs/testing.md#flow-level-oracles)
 
 
 @settings(deadline=None, max_examples=50)
@@ -237,7 +238,7 @@ def test_reverse_transition_gradients_flow_to_means_and_logstds():
 
 
 # ----------------------------------------------------------------------------------------
-# §4.5 posterior mean (§14.18)
+# docs/ops.md#gm_posterior_mean posterior mean (docs/testing.md#flow-level-oracles)
 
 
 def exact_posterior(data: GaussianMixture, x, sigma):
@@ -332,7 +333,7 @@ def test_posterior_mean_u_prediction_and_explicit_sigmas():
 
 
 # ----------------------------------------------------------------------------------------
-# §4.6 spectral sampling (§14.14)
+# docs/sampling.md#spectral-sampling spectral sampling (docs/testing.md#transport-and-spectral-oracles)
 
 
 @pytest.mark.parametrize("hw", [(4, 6), (5, 6), (1, 2), (3, 8)])

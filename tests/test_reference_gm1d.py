@@ -1,4 +1,4 @@
-"""Oracles (spec §14 items 8–11) for the 1-D GM pdf/cdf and the Newton inverse CDF."""
+"""Oracles (docs/testing.md#inverse-cdf-oracles) for the 1-D GM pdf/cdf and the Newton inverse CDF."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def scipy_pdf_cdf(gm1d, x):
 
 
 def newton_reference(gm1d, c, n_steps, eps=1e-6, max_step=1.5):
-    """Plain numpy re-statement of the spec's Newton iteration (moment-matched init)."""
+    """Plain numpy re-statement of the Newton iteration of docs/ops.md#gm1d_inverse_cdf (moment-matched init)."""
     mu = gm1d.means.numpy()[:, None]
     s = np.exp(gm1d.logstds.numpy())[:, None]
     w = np.exp(gm1d.logweights.numpy())[:, None]
@@ -57,7 +57,7 @@ def newton_reference(gm1d, c, n_steps, eps=1e-6, max_step=1.5):
 
 
 # ----------------------------------------------------------------------------------------
-# §14.8 pdf / cdf
+# docs/testing.md#inverse-cdf-oracles pdf / cdf
 
 
 def test_pdf_cdf_match_scipy():
@@ -91,7 +91,7 @@ def test_cdf_derivative_is_twice_pdf():
 
 
 # ----------------------------------------------------------------------------------------
-# §14.9 inverse CDF
+# docs/testing.md#inverse-cdf-oracles inverse CDF
 
 
 def test_inverse_of_cdf_values():
@@ -164,7 +164,7 @@ def test_per_sample_logweights_broadcast():
 
 
 # ----------------------------------------------------------------------------------------
-# §14.11 implicit gradient
+# docs/testing.md#inverse-cdf-oracles implicit gradient
 
 
 def test_value_is_independent_of_grad_mode():

@@ -1,4 +1,5 @@
-"""Oracles (spec §14 items 12–13 and the §3.5 likelihood) for the KR transport reference."""
+"""Oracles (docs/testing.md#transport-and-spectral-oracles and the docs/ops.md#gm_spectral_logprobs likelihood) for the
+KR transport reference."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_rotation_is_orthonormal_eigenbasis_in_descending_order(axis_aligned):
 
 
 # ----------------------------------------------------------------------------------------
-# §14.12 round trips and the K = 1 affine map
+# docs/testing.md#transport-and-spectral-oracles round trips and the K = 1 affine map
 
 
 @pytest.mark.parametrize("axis_aligned", [True, False])
@@ -103,7 +104,7 @@ def test_k1_transport_is_affine(axis_aligned):
 
 
 # ----------------------------------------------------------------------------------------
-# §14.13 push-forward checks
+# docs/testing.md#transport-and-spectral-oracles push-forward checks
 
 
 def test_push_forward_of_gm_samples_is_standard_normal():
@@ -201,7 +202,7 @@ def test_partial_forward_transport():
 
 
 # ----------------------------------------------------------------------------------------
-# §3.5 spectral log-likelihood and the Hartley transform
+# docs/ops.md#gm_spectral_logprobs spectral log-likelihood and the Hartley transform
 
 
 def test_hartley2_matches_cas_definition_and_is_self_inverse():

@@ -1,5 +1,5 @@
 """Oracles of the sampling-path ops through the typed API (gmflow.ops), independent of the
-reference implementation (OPS_AND_SAMPLERS.md §14 items 3, 9, 11, 12, 13, 18; §2.2, §4.6):
+reference implementation (docs/testing.md; docs/ops.md#gm1d_inverse_cdf, docs/sampling.md#spectral-sampling):
 inverse-CDF accuracy and its implicit gradient, KR round trips, the K = 1 affine transport,
 Monte-Carlo moments of pushed-forward samples, the exact posterior mean of a GM data law,
 seeded determinism, and results independent of the thread count."""
@@ -33,7 +33,7 @@ def gm1d(gm):
 
 
 # ------------------------------------------------------------------------------------------------
-# §2.2 inverse CDF
+# docs/ops.md#gm1d_inverse_cdf inverse CDF
 
 
 @pytest.mark.parametrize("dtype,tol", [(F64, 1e-11), (torch.float32, 2e-6)])
@@ -77,7 +77,7 @@ def test_implicit_gradient_matches_finite_differences_of_converged_solves():
 
 
 # ------------------------------------------------------------------------------------------------
-# §3 Knothe-Rosenblatt transport
+# docs/ops.md#knothe-rosenblatt-transport Knothe-Rosenblatt transport
 
 
 @pytest.mark.parametrize("axis_aligned", [True, False])
@@ -155,7 +155,7 @@ def test_ancestral_samples_have_the_gm_moments():
 
 
 # ------------------------------------------------------------------------------------------------
-# §4.5 posterior mean, §1.5 product
+# docs/ops.md#gm_posterior_mean posterior mean, docs/ops.md#gm_mul_iso_gaussian product
 
 
 def _exact_posterior(prior: GaussianMixture, x, sigma):
@@ -206,7 +206,8 @@ def test_gm_mul_iso_gaussian_k1_and_zero_power():
 
 
 # ------------------------------------------------------------------------------------------------
-# §4.6 sampling: seeded, reproducible, leaves the global RNG alone; thread-count independent
+# docs/sampling.md#spectral-sampling sampling: seeded, reproducible, leaves the global RNG alone; thread-count
+# independent
 
 
 @pytest.mark.parametrize("with_spectrum", [False, True])

@@ -3,17 +3,17 @@
 // All three work per (batch, [sample,] pixel) item on lane tiles (gm_lanes.h) and loop over
 // the K components of each item in registers/L1: no (K, C, H, W)-sized temporary exists.
 //
-//   gm_mul_iso_gaussian (§1.5), v_k = s_k^2, n_k = max(v_g + r v_k, eps):
+//   gm_mul_iso_gaussian (docs/ops.md#gm_mul_iso_gaussian), v_k = s_k^2, n_k = max(v_g + r v_k, eps):
 //     mu'_k = (v_g mu_k + r v_k m_g) / n_k
 //     lambda' = log_softmax_k(lambda_k - r |mu_k - m_g|^2 / (2 n_k) [- C/2 log n_k, per-component s])
 //     logstd'_k = logstd_k + 1/2 log v_g - 1/2 log n_k
-//   gm_posterior_mean (§4.5, natural-parameter form), sigmas clamped at eps:
+//   gm_posterior_mean (docs/ops.md#gm_posterior_mean, natural-parameter form), sigmas clamped at eps:
 //     zeta = (a_t / s_t)^2 - (a_s / s_s)^2,  nu = a_t x_t / s_t^2 - a_s x_s / s_s^2,
 //     den_k = max(v_k zeta + 1, eps),  mu'_k = (v_k nu + mu_k) / den_k,
 //     logit_k = lambda_k + sum_c mu_kc (nu_c - zeta mu_kc / 2) / den_k
 //               [+ v_k |nu|^2 / (2 den_k) - C/2 log den_k, per-component s],
 //     mean = sum_k softmax_k(logit)_k mu'_k  (one pass, online softmax)
-//   gm_sample (§1.10): component = first k with cumsum_k(e) > u sum(e), e = exp(power lambda - max),
+//   gm_sample (docs/ops.md#gm_sample): component = first k with cumsum_k(e) > u sum(e), e = exp(power lambda - max),
 //     sample = mu_k + s_k (/ sqrt power if cov_sharpen) * normal.
 #include "gm_lanes.h"
 

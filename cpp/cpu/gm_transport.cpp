@@ -1,7 +1,7 @@
 // CPU kernels of gm1d_inverse_cdf (+ implicit backward) and the Knothe-Rosenblatt
 // transport gm_kr_inverse / gm_kr_forward (torch-free).
 //
-// Newton solves (§2.2): x <- x - clamp((F(x) - c) / (2 max(pdf(x), eps)), +-max_step_size s),
+// Newton solves (docs/ops.md#gm1d_inverse_cdf): x <- x - clamp((F(x) - c) / (2 max(pdf(x), eps)), +-max_step_size s),
 // exactly n_steps times from the moment-matched quantile x0 = g sqrt(v) + m. The solver
 // works on the lanes of a tile in chunks of kChunk lanes and stops iterating a lane as soon as
 // its iterates have become periodic with period 1 or 2 (x_i == x_{i-1} or x_{i-2}, bit for bit): the
@@ -10,11 +10,11 @@
 // that of running all n_steps iterations. Lanes still moving are compacted to the front, so
 // the later iterations only cost what the slow lanes need.
 //
-// gm_kr_inverse (§3.4) runs the whole per-pixel axis loop in one pass over a tile: rotate the
+// gm_kr_inverse (docs/ops.md#gm_kr_inverse) runs the whole per-pixel axis loop in one pass over a tile: rotate the
 // means (mu~ = mu V), then for each rotated axis a: conditional logits lambda - S / 2
 // (log-softmax), moment-matched init, Newton solve, S += ((x~_a - mu~_a) / s)^2; axes >= n_axes
 // take an ancestral draw (component from the uniform, noise from the given normal); x = x~ V^T.
-// gm_kr_forward (§3.2): u_a = sum_k softmax(lambda - S / 2)_k erf(z_ka / sqrt 2),
+// gm_kr_forward (docs/ops.md#gm_kr_forward): u_a = sum_k softmax(lambda - S / 2)_k erf(z_ka / sqrt 2),
 // g_a = sqrt 2 erfinv(clamp(u_a, +-(1 - eps))).
 #include "gm_lanes.h"
 

@@ -1,4 +1,4 @@
-"""Typed Python API of every GM operation (OPS_AND_SAMPLERS.md §1-§4).
+"""Typed Python API of every GM operation (docs/ops.md).
 
 Functions here take and return the containers of :mod:`gmflow.types`.
 
@@ -61,7 +61,7 @@ __all__ = [
     "NATIVE_OPS",
     *NATIVE_OPS,
     # reference-only
-    # §1 algebra
+    # docs/ops.md#gm-and-gaussian-algebra algebra
     "psd_inverse",
     "gm_to_gaussian",
     "iso_gaussian_mul_iso_gaussian",
@@ -74,14 +74,14 @@ __all__ = [
     "gm_entropy",
     "gm_temperature",
     "gm_transpose_t_first",
-    # §2 1-D mixtures
+    # docs/ops.md#one-dimensional-mixtures 1-D mixtures
     "gm1d_pdf_cdf",
     "gm1d_moments",
-    # §3 Knothe-Rosenblatt transport
+    # docs/ops.md#knothe-rosenblatt-transport Knothe-Rosenblatt transport
     "gm_kr_slice",
     "hartley2",
     "gm_spectral_logprobs",
-    # §4 flow-level
+    # docs/ops.md#flow-level-ops flow-level
     "sample_forward_diffusion",
     "forward_transition",
     "sample_forward_transition",

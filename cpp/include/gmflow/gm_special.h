@@ -2,7 +2,7 @@
 // kernels of the sampling path (torch-free).
 //
 // Conventions: the "scaled" normal CDF is erf(z / sqrt 2) = 2 Phi(z) - 1 in [-1, 1]
-// (the scaled CDF of OPS_AND_SAMPLERS.md §2); its inverse is sqrt 2 erfinv(u).
+// (the scaled CDF of docs/ops.md#one-dimensional-mixtures); its inverse is sqrt 2 erfinv(u).
 //
 // float on the host: branch-free polynomial forms that vectorise inside simd loops
 // (coefficients fitted for this library: weighted least squares in double precision
@@ -133,7 +133,7 @@ GMFLOW_HD void accumulate_pdf_cdf(double z, double lambda, double w, double& pdf
   cdf_sum += w * erf(z * kInvSqrt2);
 }
 
-// The clamped Newton update of OPS_AND_SAMPLERS.md §2.2: with p = max(pdf, eps),
+// The clamped Newton update of docs/ops.md#gm1d_inverse_cdf: with p = max(pdf, eps),
 // delta = clamp((cdf - c) / (2 p), -bound, bound); returns x - delta. NaN propagates.
 template <typename A>
 GMFLOW_HD A newton_update(A x, A c, A pdf, A cdf, A eps, A bound) {

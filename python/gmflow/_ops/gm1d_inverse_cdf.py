@@ -165,7 +165,7 @@ def gm1d_inverse_cdf(
     gaussian_samples: Tensor | None = None,
 ) -> Tensor:
     """Solves ``scaled_cdf(x) = c`` for ``c = scaled_cdfs (..., N, H, W)`` by exactly ``n_steps`` clamped
-    Newton steps from the moment-matched quantile (spec §2.2); ``(..., N, H, W)``.
+    Newton steps from the moment-matched quantile (docs/ops.md#gm1d_inverse_cdf); ``(..., N, H, W)``.
 
     ``delta = clamp((F(x) - c) / (2 max(p(x), eps)), +-max_step_size * s)``. Differentiable w.r.t. the
     GM and ``scaled_cdfs`` by the implicit-function theorem at the returned root (native backward op,

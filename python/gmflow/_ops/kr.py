@@ -201,7 +201,7 @@ def _kr_rotation(gm: GaussianMixture, axis_aligned: bool, work: torch.dtype) -> 
 
 @names_nan_inputs
 def gm_kr_rotation(gm: GaussianMixture, axis_aligned: bool = True) -> Tensor:
-    """Eigenvectors of the moment-matched covariance, columns by descending eigenvalue (spec §3.1).
+    """Eigenvectors of the moment-matched covariance, columns by descending eigenvalue (docs/ops.md#the-rotation).
 
     ``axis_aligned=True``: one rotation ``(..., 1, 1, C, C)`` from the covariance averaged over pixels
     (the identity for an empty grid); ``False``: one per pixel ``(..., H, W, C, C)``. Working dtype (fp32, fp64 for fp64 inputs), no grad;
@@ -251,7 +251,8 @@ def gaussian_samples_to_gm_samples(
     rotation: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Knothe-Rosenblatt map N(0, I) -> GM (spec §3.4): standard normals ``(..., N, C, H, W)`` to GM samples.
+    """Knothe-Rosenblatt map N(0, I) -> GM (docs/ops.md#gm_kr_inverse): standard normals ``(..., N, C, H, W)`` to GM
+    samples.
 
     The eigen-rotation ``V`` (:func:`gm_kr_rotation`, or the given ``rotation``) is computed here; one
     native kernel launch then runs the whole per-pixel axis loop (conditional weights + ``n_steps``
@@ -291,7 +292,8 @@ def gm_samples_to_gaussian_samples(
     rotation: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Knothe-Rosenblatt map GM -> N(0, I) (spec §3.2): ``samples (..., N, C, H, W)`` to standard normals.
+    """Knothe-Rosenblatt map GM -> N(0, I) (docs/ops.md#gm_kr_forward): ``samples (..., N, C, H, W)`` to standard
+    normals.
 
     One native kernel launch computes, per pixel and rotated axis ``a < n_axes``,
     ``g_a = sqrt 2 erfinv(clamp(sum_k softmax(lambda - S_a / 2)_k erf(z_ka / sqrt 2), +-(1 - eps)))``.

@@ -74,7 +74,8 @@ def gm_mul_iso_gaussian(
     gaussian_power: float = 1.0,
     eps: float = 1e-6,
 ) -> GaussianMixture:
-    """Normalised product ``GM(x) * G(x)^r``, ``r = gaussian_power / gm_power``, per component (spec §1.5).
+    """Normalised product ``GM(x) * G(x)^r``, ``r = gaussian_power / gm_power``, per component
+    (docs/ops.md#gm_mul_iso_gaussian).
 
     With ``v = s^2`` and ``n = max(v_g + r v, eps)``: ``mu'_k = (v_g mu_k + r v m_g) / n``;
     ``lambda' = log_softmax_K(lambda_k - r/2 sum_c (mu_kc - m_gc)^2 / n)``;

@@ -203,7 +203,8 @@ def gm_posterior_mean(
     prediction_type: str = "x0",
     num_timesteps: float = 1000.0,
 ) -> Tensor:
-    """Posterior mean ``E[x_0 | x_tgt]`` of an x0-GM predicted at ``(x_src, t_src)`` (spec §4.5), ``(..., C, H, W)``.
+    """Posterior mean ``E[x_0 | x_tgt]`` of an x0-GM predicted at ``(x_src, t_src)`` (docs/ops.md#gm_posterior_mean),
+    ``(..., C, H, W)``.
 
     Arguments in the op's order: source then target. Each sigma is ``sigma`` if given, else ``t / num_timesteps``.
     Natural-parameter form (both sigmas clamped at ``eps``): ``zeta = (alpha_t / sigma_t)^2 - (alpha_s /

@@ -99,7 +99,7 @@ def gm_to_sample(
     cov_sharpen: bool = False,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Ancestral samples ``(..., N, C, H, W)`` (spec §1.10): a component per (sample, pixel), shared by the
+    """Ancestral samples ``(..., N, C, H, W)`` (docs/ops.md#gm_sample): a component per (sample, pixel), shared by the
     channels, drawn from ``softmax_K(gm_power * lambda)``, then ``mu_k + std_k * z`` (``std`` divided by
     ``sqrt(gm_power)`` when ``cov_sharpen``).
 
@@ -131,7 +131,7 @@ def gm_spectral_sample(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Samples ``(..., N, C, H, W)`` of the per-pixel GM, spatially correlated by a power spectrum if one is
-    given (spec §4.6).
+    given (docs/sampling.md#spectral-sampling).
 
     Without a spectrum: :func:`gm_to_sample`, returns ``(samples, None)``. With a log power spectrum
     ``P (..., C, H, W)`` (W even): ``(g, S) = spectral_gaussian_field(P)`` (PyTorch FFT), then

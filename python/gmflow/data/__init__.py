@@ -1,4 +1,5 @@
-"""ImageNet data: latent caching and the training dataset (MODELS_AND_TRAINING.md §3.1 - §3.2).
+"""ImageNet data: latent caching and the training dataset (docs/training.md#latent-caching,
+docs/training.md#training-data).
 
 =====================  =====================================================================
 ``imagenet``           list files, class names, the ADM center crop

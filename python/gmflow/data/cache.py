@@ -1,4 +1,4 @@
-"""Latent caching: ImageNet images -> SD-VAE latents, one file per image (MODELS_AND_TRAINING.md §3.1).
+"""Latent caching: ImageNet images -> SD-VAE latents, one file per image (docs/training.md#latent-caching).
 
 For every ``<wnid>/<file>.JPEG <label>`` line of the list file:
 

@@ -1,4 +1,5 @@
-"""Training data: the cached-latents dataset and a resumable, rank-sharded epoch sampler (§3.2).
+"""Training data: the cached-latents dataset and a resumable, rank-sharded epoch sampler
+(docs/training.md#training-data).
 
 Both are *pure functions of their seeds*: the sampler's batch for global iteration ``i`` depends only on
 ``(seed, i, rank, world size)``, and the label dropout of an item only on ``(seed, epoch, index)``. So a

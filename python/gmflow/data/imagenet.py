@@ -1,4 +1,4 @@
-"""ImageNet files: list files, class names, and the ADM center crop (MODELS_AND_TRAINING.md §3.1).
+"""ImageNet files: list files, class names, and the ADM center crop (docs/training.md#latent-caching).
 
 - list files have one ``<relative path> <label>`` per line (the caffe ``train.txt`` of ILSVRC2012, and the
   ``train_cache.txt`` written by latent caching);

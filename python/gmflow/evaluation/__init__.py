@@ -1,4 +1,5 @@
-"""Evaluation: Inception metrics and the sampling sweep (MODELS_AND_TRAINING.md §3.6 - §3.8, §7.7).
+"""Evaluation: Inception metrics and the sampling sweep (docs/training.md#validation, docs/training.md#evaluation-sweep,
+docs/training.md#metrics).
 
 =====================  =====================================================================
 ``metrics``            ``frechet_distance``, ``inception_score``, ``precision_recall`` (k-NN,
@@ -6,7 +7,7 @@
                        ``InceptionMetrics``, ``ReferenceStats`` / ``load_reference_stats``
 ``sampling``           ``EvalSetting`` (the ``SamplerSpec`` of a GM solver, NFE, sub-steps, guidance), the
                        deterministic per-item test set, ``evaluate_setting``
-``sweep``              ``run_sweep``: the §3.7 grid, resumable, a results table
+``sweep``              ``run_sweep``: the docs/training.md#evaluation-sweep grid, resumable, a results table
 =====================  =====================================================================
 """
 

@@ -1,4 +1,4 @@
-"""FID, Inception Score and improved precision / recall on Inception-v3 features (MODELS_AND_TRAINING.md §3.8).
+"""FID, Inception Score and improved precision / recall on Inception-v3 features (docs/training.md#metrics).
 
 The maths works on feature arrays and is independent of any network:
 
@@ -255,7 +255,7 @@ class InceptionFeatureNet:
 
 
 class InceptionMetrics:
-    """Accumulates Inception features of generated images (any rank) and scores them (§3.8).
+    """Accumulates Inception features of generated images (any rank) and scores them (docs/training.md#metrics).
 
     ``update(images)`` takes images in [-1, 1] ``(B, 3, H, W)`` and feeds them in chunks of
     ``feed_batch_size``; ``compute()`` (call it on every rank) gathers all ranks' features and returns

@@ -1,4 +1,5 @@
-"""Sampling the evaluation set with a GM-DiT and scoring it (MODELS_AND_TRAINING.md §3.6 - §3.7, §7.6).
+"""Sampling the evaluation set with a GM-DiT and scoring it (docs/training.md#validation,
+docs/training.md#evaluation-sweep).
 
 The test set is deterministic per item, whatever the number of ranks or the batch size: item ``i`` has
 label ``randint(0, num_classes)`` from a generator seeded with ``i`` (the same labels for every method) and

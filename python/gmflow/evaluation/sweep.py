@@ -1,4 +1,4 @@
-"""The evaluation sweep of ``gmflow evaluate`` (MODELS_AND_TRAINING.md §3.7, §7.7).
+"""The evaluation sweep of ``gmflow evaluate`` (docs/training.md#evaluation-sweep).
 
 The paper's grid is ``(NFE, sub-steps) in {(8, 16), (32, 4)} x {gm-ode2, gm-sde2} x`` 20 guidance scales
 (80 settings; GM-SDE always takes one sub-step). Each setting samples the same deterministic test set

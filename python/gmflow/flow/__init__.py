@@ -1,11 +1,11 @@
 """GMFlow on top of the GM ops: schedule, losses, schedulers, guidance, the sampling loop.
 
 =====================  =================================================================
-``schedule``           sigma schedule, shift warp, training timestep sampler (§0.1, §6.1, §7.1)
-``losses``             transition loss (GM NLL of x_low), spectral loss (§6.2 - §6.4)
-``schedulers``         ``FlowEulerODEScheduler``, ``GMFlowSDEScheduler`` (diffusers API, §7)
-``guidance``           probabilistic guidance, second-order GM solver (§5)
-``sampling``           the GM-SDE / GM-ODE loop (§8), flow-matching Euler / Heun baselines
+``schedule``           sigma schedule, shift warp, training timestep sampler (docs/sampling.md, docs/training.md)
+``losses``             transition loss (GM NLL of x_low), spectral loss (docs/training.md)
+``schedulers``         ``FlowEulerODEScheduler``, ``GMFlowSDEScheduler`` (diffusers API, docs/sampling.md#schedulers)
+``guidance``           probabilistic guidance, second-order GM solver (docs/sampling.md)
+``sampling``           the GM-SDE / GM-ODE loop (docs/sampling.md), flow-matching Euler / Heun baselines
 ``spec``               ``SamplerSpec``: one solver vocabulary (gm-ode2, gm-sde2, ..., fm-euler)
                        and its settings, shared by the CLI, the toy, evaluation and the pipeline
 =====================  =================================================================

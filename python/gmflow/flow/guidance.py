@@ -1,4 +1,5 @@
-"""Probabilistic guidance (spec §5.1) and the second-order GM solver (spec §5.2), inference only.
+"""Probabilistic guidance (docs/sampling.md#probabilistic-guidance) and the second-order GM solver
+(docs/sampling.md#second-order-gm-solver), inference only.
 
 Everything here is in x0-space. ``<X>`` denotes the mean over the non-batch dims ``(C, H, W)``
 (all dims after the first) per batch element.
@@ -9,8 +10,8 @@ Everything here is in x0-space. ``<X>`` denotes the mean over the non-batch dims
 - :func:`guide_gm`: applies it to a conditional GM through one Gaussian mask
   ``N(cond_mean + b, (1 - w^2) v) / N(cond_mean, v)``.
 - :class:`GMSecondOrderSolver`: the DPM-Solver++(2M)-like multistep correction whose "previous x0"
-  is the previous step's GM re-conditioned on the current state (§4.5), applied through a Gaussian
-  mask. It holds its state (previous GM, state, time, step) explicitly; :meth:`reset` starts a new
+  is the previous step's GM re-conditioned on the current state (docs/ops.md#gm_posterior_mean), applied through a
+  Gaussian mask. It holds its state (previous GM, state, time, step) explicitly; :meth:`reset` starts a new
   trajectory. The first call after a reset returns its inputs unchanged.
 """
 
@@ -56,7 +57,7 @@ def probabilistic_guidance(
     orthogonal: float = 1.0,
     orthogonal_axis: Tensor | None = None,
 ) -> GuidanceOutput:
-    """Probabilistic guidance of an x0 distribution (spec §5.1).
+    """Probabilistic guidance of an x0 distribution (docs/sampling.md#probabilistic-guidance).
 
     ``b = cond_mean - uncond_mean``; if ``orthogonal > 0``: ``b -= orthogonal <b a> / max(<a a>, 1e-6) a``
     with ``a = orthogonal_axis`` (default ``cond_mean``); ``b *= w sqrt(v_bar / max(<b^2>, 1e-6))`` with
@@ -89,7 +90,7 @@ class GuidedGM(NamedTuple):
 
 
 def guide_gm(gm_cond: GaussianMixture, gm_uncond: GaussianMixture, w, orthogonal: float = 1.0) -> GuidedGM:
-    """Probabilistic guidance applied to the conditional x0-GM (spec §5.1, steps 1-4).
+    """Probabilistic guidance applied to the conditional x0-GM (docs/sampling.md#probabilistic-guidance).
 
     ``gaussian_cond = gm_to_iso_gaussian(gm_cond)`` with its var averaged over (H, W); guidance with
     the unconditional GM's mean; mask ``M = gaussian_output / gaussian_cond`` (powers 1, -1);
@@ -112,7 +113,7 @@ class SolverState(NamedTuple):
 
 
 class GMSecondOrderSolver:
-    """Second-order GM solver (spec §5.2) with explicit state.
+    """Second-order GM solver (docs/sampling.md#second-order-gm-solver) with explicit state.
 
     Call once per outer sampling step with the step's x0-GM, its Gaussian moments, the state ``x_t``,
     time ``t`` and step size ``h = t - t_next`` (T-units). Later calls compute
@@ -123,7 +124,7 @@ class GMSecondOrderSolver:
     iterations make the GM mean hit the target.
 
     Upstream fixes: no in-place averaging of the caller's variance; without guidance the scale is 0
-    (upstream LakonLab raised a NameError there, §13.4).
+    (upstream LakonLab raised a NameError there, docs/sampling.md#upstream-differences).
     """
 
     def __init__(

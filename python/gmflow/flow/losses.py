@@ -1,4 +1,5 @@
-"""Training losses of GMFlow (spec §6.2 – §6.4).
+"""Training losses of GMFlow (docs/training.md#transition-loss, docs/training.md#gm-nll,
+docs/training.md#spectral-loss).
 
 - :func:`gm_nll_loss`: per-pixel GM negative log-likelihood ``-log p / C`` (the LakonLab
   normalisation, 2pi constant included), mean over pixels, times ``scale``, mean over the batch.
@@ -64,7 +65,7 @@ def transition_pair(
     eps: float = 1e-4,
     num_timesteps: float = NUM_TIMESTEPS,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Draws ``(x_low, x_high, t_low, t_high)`` for the transition loss (spec §6.2 steps 1-4).
+    """Draws ``(x_low, x_high, t_low, t_high)`` for the transition loss (docs/training.md#transition-loss).
 
     ``t_high = clamp(sampler(B), eps, T)``; ``t_low = max(min((1 - trans_ratio) t_high, t_high - eps), 0)``;
     ``x_low = alpha_low x_0 + sigma_low n_0``; ``x_high`` = forward transition of ``x_low`` with ``n_1``
@@ -106,7 +107,8 @@ def transition_loss(
     eps: float = 1e-4,
     num_timesteps: float = NUM_TIMESTEPS,
 ) -> TransitionLossOutput:
-    """GMFlow transition loss (spec §6.2 – §6.3) of ``model(x_t, t) -> u-GM`` on data ``x_0 (B, C, H, W)``.
+    """GMFlow transition loss (docs/training.md#transition-loss, docs/training.md#gm-nll) of ``model(x_t, t) -> u-GM``
+    on data ``x_0 (B, C, H, W)``.
 
     ``loss = gm_nll_loss(reverse_transition(gm_u, x_high, t_low, t_high), x_low, scale)``. The GM math
     runs in fp32 (network outputs are cast), as upstream.
@@ -129,7 +131,7 @@ def spectral_loss(
     eps: float = 1e-6,
     num_timesteps: float = NUM_TIMESTEPS,
 ) -> Tensor:
-    """Spectral loss (spec §6.4): Gaussian NLL of the Hartley coefficients ``S`` of the KR-whitened
+    """Spectral loss (docs/training.md#spectral-loss): Gaussian NLL of the Hartley coefficients ``S`` of the KR-whitened
     true velocity under ``N(0, e^P)`` relative to ``N(0, 1)``, ``P = spectrum_net(x0-Gaussian)``.
 
     ``loss = 1/2 weight mean_{b,c,h,w}[ S^2 (e^{-P} - 1) + P ]`` (LakonLab scaling; the original's

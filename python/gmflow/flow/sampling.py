@@ -1,4 +1,4 @@
-"""The GMFlow sampling loop (spec §8) and the flow-matching baseline samplers.
+"""The GMFlow sampling loop (docs/sampling.md#the-sampling-loop) and the flow-matching baseline samplers.
 
 :func:`gmflow_sample` runs a u-GM network ``model(x, t) -> GaussianMixture`` (``x (B, C, H, W)``,
 ``t (B,)`` float in T-units) from noise to data:
@@ -130,7 +130,8 @@ def gmflow_sample(
     progress: bool = False,
     cond_first: bool = False,
 ) -> SamplingOutput:
-    """Samples ``x_0`` from noise ``x_T (B, C, H, W)`` with ``num_steps`` network calls (spec §8).
+    """Samples ``x_0`` from noise ``x_T (B, C, H, W)`` with ``num_steps`` network calls
+    (docs/sampling.md#the-sampling-loop).
 
     ``scheduler`` defaults to :class:`GMFlowSDEScheduler` for ``output_mode='sample'`` and
     :class:`FlowEulerODEScheduler` for ``'mean'`` (both with ``shift``); it is reset with

@@ -1,4 +1,5 @@
-"""Noise schedule and timestep helpers of rectified flow (spec §0.1, §6.1, §7.1).
+"""Noise schedule and timestep helpers of rectified flow (docs/sampling.md#flow-math, docs/training.md#timestep-sampler,
+docs/sampling.md#time-grid).
 
 ``t`` is a continuous time in T-units (``T = num_timesteps = 1000`` by default), the noise
 level is ``sigma = t / T`` and the signal level ``alpha = 1 - sigma``; ``x_t = alpha x_0 + sigma eps``
@@ -52,7 +53,7 @@ def flow_sigmas(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """The ``num_steps + 1`` noise levels of a sampling schedule (spec §7.1), descending.
+    """The ``num_steps + 1`` noise levels of a sampling schedule (docs/sampling.md#time-grid), descending.
 
     Raw times ``r_i = 1 - i / M`` (``i = 0 .. M-1``) are warped by :func:`warp_shift`, and a final
     0 is appended: ``sigmas[0] = 1`` for every shift, ``sigmas[-1] = 0``, strictly decreasing.
@@ -66,7 +67,8 @@ def flow_sigmas(
 
 
 class TimestepSampler:
-    """Training-time sampler of ``t_high`` in T-units (spec §6.1, ``ContinuousTimeStepSampler``).
+    """Training-time sampler of ``t_high`` in T-units (docs/training.md#timestep-sampler,
+    ``ContinuousTimeStepSampler``).
 
     Raw time ``r = 1 - U[0, 1)`` in (0, 1] (uniform) or ``sigmoid(mean + std n)`` (logit-normal),
     warped by ``shift``; returns ``t = sigma T``. Every draw comes from the ``generator`` passed to

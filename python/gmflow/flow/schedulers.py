@@ -1,4 +1,4 @@
-"""Samplers' per-step update rules with the diffusers scheduler API (spec §7), without diffusers.
+"""Samplers' per-step update rules with the diffusers scheduler API (docs/sampling.md#schedulers), without diffusers.
 
 Both schedulers share the rectified-flow schedule of :func:`gmflow.flow.schedule.flow_sigmas`:
 ``set_timesteps(M)`` gives ``timesteps`` (``sigma T``, fp32, descending, ``timesteps[0] = T``) and
@@ -186,7 +186,7 @@ class _FlowScheduler:
 
 
 class FlowEulerODEScheduler(_FlowScheduler):
-    """Euler step of the flow ODE (spec §7.4): ``x' = x + d (sigma' - sigma)``.
+    """Euler step of the flow ODE (docs/sampling.md#floweulerodescheduler): ``x' = x + d (sigma' - sigma)``.
 
     ``d = model_output`` for a velocity (``prediction_type='u'``) or ``(x - x0_hat) / sigma`` for an
     x0 estimate (``'x0'``, no clamp: every scheduled sigma is > 0). The step to ``sigma' = 0`` returns
@@ -205,7 +205,7 @@ class FlowEulerODEScheduler(_FlowScheduler):
 
 
 class GMFlowSDEScheduler(_FlowScheduler):
-    """GM-SDE step (spec §7.2 / §7.3): sample ``q(x_{sigma'} | x_sigma, x0_hat)``.
+    """GM-SDE step (docs/sampling.md#gmflowsdescheduler): sample ``q(x_{sigma'} | x_sigma, x0_hat)``.
 
     With an x0 estimate ``x0_hat`` (``'x0'``) or a velocity (``'u'``, ``x0_hat = x - sigma u``) and
     ``eps_hat = (x - alpha x0_hat) / max(sigma, eps)``:

@@ -1,4 +1,4 @@
-"""Networks: GM-DiT (the ImageNet model) and SpectrumMLP (spectral sampling), MODELS_AND_TRAINING.md §1.
+"""Networks: GM-DiT (the ImageNet model) and SpectrumMLP (spectral sampling), docs/models.md#gm-dit.
 
 ==================  ==========================================================================
 ``GMDiT``           DiT backbone + Gaussian-mixture head; ``GMDiT(GMDIT_IMAGENET_K8)`` is the

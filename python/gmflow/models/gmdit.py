@@ -1,4 +1,4 @@
-"""GM-DiT: the DiT-XL/2 backbone with a Gaussian-mixture head (MODELS_AND_TRAINING.md §1).
+"""GM-DiT: the DiT-XL/2 backbone with a Gaussian-mixture head (docs/models.md#gm-dit).
 
 The network maps a latent ``x_t (B, C, H, W)``, the continuous time ``T = 1000 sigma`` (float, one per
 sample) and class labels to a :class:`~gmflow.types.GaussianMixture` over the flow velocity ``u`` of
@@ -14,8 +14,8 @@ every pixel:
 - a separate small MLP on the **detached** embedding predicts one log-std per sample.
 
 Parameter and module names follow the diffusers checkpoint of the released model
-(``Lakonik/gmflow_imagenet_k8_ema``, §5.3), so its safetensors load by key name. The GM head is
-returned in float32 whatever the weight dtype (the last projection is upcast before the
+(``Lakonik/gmflow_imagenet_k8_ema``, docs/models.md#gm-dit-state-dict), so its safetensors load by key name. The GM head
+is returned in float32 whatever the weight dtype (the last projection is upcast before the
 log-softmax), as all GM algebra downstream runs in float32.
 """
 
@@ -290,7 +290,7 @@ class FeedForward(nn.Module):
 
 
 class GMDiTBlock(nn.Module):
-    """Pre-norm adaLN-Zero block (§1.4); ``emb_act`` is ``SiLU(embedding)`` ``(B, D)``."""
+    """Pre-norm adaLN-Zero block (docs/models.md#transformer-block); ``emb_act`` is ``SiLU(embedding)`` ``(B, D)``."""
 
     def __init__(self, config: GMDiTConfig) -> None:
         super().__init__()
@@ -338,7 +338,8 @@ class GMOutput(nn.Module):
 # -- the model ----------------------------------------------------------------------------------------------
 
 class GMDiT(nn.Module):
-    """GM-DiT (§1). ``GMDiT(**kwargs)`` or ``GMDiT(config)``; ``GMDiT(GMDIT_IMAGENET_K8)`` is the released size.
+    """GM-DiT (docs/models.md#gm-dit). ``GMDiT(**kwargs)`` or ``GMDiT(config)``; ``GMDiT(GMDIT_IMAGENET_K8)`` is the
+    released size.
 
     ``forward(x, timestep, class_labels) -> GaussianMixture`` over ``u`` with means ``(B, K, C, H, W)``,
     logweights ``(B, K, 1, H, W)`` and logstds ``(B, 1, 1, 1, 1)`` (all float32). ``timestep`` is the
@@ -376,8 +377,8 @@ class GMDiT(nn.Module):
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
-        """§1.6: Xavier-uniform Linear / patch-conv weights, zero biases, N(0, 0.02^2) class table; zero
-        adaLN modulations, ``proj_out_1`` and the last logstd layer (initial s_u = 1). ``proj_out_2``
+        """docs/models.md#initialisation: Xavier-uniform Linear / patch-conv weights, zero biases, N(0, 0.02^2) class
+        table; zero adaLN modulations, ``proj_out_1`` and the last logstd layer (initial s_u = 1). ``proj_out_2``
         keeps its Xavier init."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -431,7 +432,7 @@ class GMDiT(nn.Module):
         """``SiLU(embedding)`` for each block and the final layer, plus the raw final embedding last.
 
         With ``class_dropout_prob > 0`` in training mode every consumer independently replaces a
-        sample's embedding by the null-class one with that probability (§1.3)."""
+        sample's embedding by the null-class one with that probability (docs/models.md#conditioning-embedding)."""
         n = len(self.transformer_blocks) + 1
         emb = self.emb(timestep, labels)
         p = self.config.class_dropout_prob

@@ -1,4 +1,4 @@
-"""SpectrumMLP: the power-spectrum predictor of spectral sampling (MODELS_AND_TRAINING.md §1.9).
+"""SpectrumMLP: the power-spectrum predictor of spectral sampling (docs/models.md#spectrummlp).
 
 From an isotropic x0-space Gaussian ``{mean (B, C, H, W), var (B, 1, H, W) or (B, 1, 1, 1)}`` it takes two
 scalars per sample, the mean of ``var`` and the channel-averaged (unbiased) spatial variance of

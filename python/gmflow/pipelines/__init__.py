@@ -1,4 +1,4 @@
-"""Inference pipelines and their checkpoint folders (MODELS_AND_TRAINING.md §5.2, §6).
+"""Inference pipelines and their checkpoint folders (docs/models.md#pipeline-folder, docs/models.md#gmditpipeline).
 
 ==========================  ===================================================================
 ``GMDiTPipeline``           class-conditional ImageNet sampling (GM-ODE / GM-SDE, guidance,

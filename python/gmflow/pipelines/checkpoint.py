@@ -1,4 +1,4 @@
-"""Pipeline folders in the layout of the official ``Lakonik/gmflow_imagenet_k8_ema`` (MODELS_AND_TRAINING.md §5.2).
+"""Pipeline folders in the layout of the official ``Lakonik/gmflow_imagenet_k8_ema`` (docs/models.md#pipeline-folder).
 
 ::
 

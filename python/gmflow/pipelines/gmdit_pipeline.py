@@ -1,4 +1,4 @@
-"""Class-conditional ImageNet sampling with GM-DiT (MODELS_AND_TRAINING.md §6), diffusers-style.
+"""Class-conditional ImageNet sampling with GM-DiT (docs/models.md#gmditpipeline), diffusers-style.
 
 ::
 
@@ -258,7 +258,8 @@ class GMDiTPipeline:
         return_dict: bool = True,
         sampler: SamplerSpec | None = None,
     ):
-        """Samples one image per class label (§6.2 - §6.4).
+        """Samples one image per class label (docs/models.md#gmditpipeline, docs/sampling.md#schedulers,
+        docs/sampling.md#the-sampling-loop).
 
         ``class_labels``: ints, label names, or a tensor. ``guidance_scale`` is the probabilistic guidance
         ``w`` in [0, 1) (0: no guidance). GM-ODE: ``output_mode='mean'`` with the Euler scheduler and

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the GM / Gaussian algebra (spec §1).
+"""Pure-PyTorch reference of the GM / Gaussian algebra (docs/ops.md#gm-and-gaussian-algebra).
 
 Every function takes and returns the containers of :mod:`gmflow.types` and uses only
 negative dims, so any number of leading batch dims works. Nothing is ever written into
@@ -57,7 +57,7 @@ def _draw_component_indices(logits: Tensor, n_samples: int, generator: torch.Gen
 
 
 # ----------------------------------------------------------------------------------------
-# §1.1 – §1.4
+# docs/ops.md#gm_to_gaussian, docs/ops.md#gm_to_mean, docs/ops.md#gm_to_iso_gaussian
 
 
 def psd_inverse(x: Tensor) -> Tensor:
@@ -109,7 +109,7 @@ def gm_to_gaussian(gm: GaussianMixture | GaussianMixtureCov, cov_scale: float = 
 
 
 # ----------------------------------------------------------------------------------------
-# §1.5 – §1.9 products
+# docs/ops.md#gm_mul_iso_gaussian, docs/ops.md#gaussian-products products
 
 
 def gm_mul_iso_gaussian(gm: GaussianMixture, gaussian: IsoGaussian, gm_power: float = 1.0,
@@ -297,7 +297,7 @@ def gm_mul_gm(gm_1: GaussianMixture, gm_2: GaussianMixture) -> GaussianMixture:
 
 
 # ----------------------------------------------------------------------------------------
-# §1.10 sampling
+# docs/ops.md#gm_sample sampling
 
 
 def gm_to_sample(
@@ -366,7 +366,7 @@ def _gm_cov_to_sample(gm, gm_power, n_samples, cov_sharpen, generator):
 
 
 # ----------------------------------------------------------------------------------------
-# §1.11 – §1.13 densities
+# docs/ops.md#log-densities-kl-and-entropy, docs/ops.md#gm_logprob densities
 
 
 def iso_gaussian_logprob(gaussian: IsoGaussian, samples: Tensor) -> Tensor:
@@ -410,7 +410,7 @@ def gm_cov_logprob(gm: GaussianMixtureCov, samples: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------
-# §1.14
+# docs/ops.md#gm_temperature
 
 
 def gm_temperature(gm: GaussianMixture, temperature: float | Tensor, eps: float = 1e-6) -> GaussianMixture:

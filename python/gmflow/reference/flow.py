@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the flow-level GM operations (spec §4).
+"""Pure-PyTorch reference of the flow-level GM operations (docs/ops.md#flow-level-ops).
 
 Rectified-flow schedule: ``sigma_t = t / T``, ``alpha_t = 1 - sigma_t``, ``x_t = alpha x_0 + sigma eps``,
 velocity ``u = eps - x_0``. ``t`` is in T-units (``num_timesteps = T``, default 1000) and may be a
@@ -71,7 +71,7 @@ def check_prediction_type(prediction_type: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# §4.1 – §4.3
+# docs/ops.md#forward-process, docs/ops.md#u_to_x_0
 
 
 def sample_forward_diffusion(
@@ -149,7 +149,7 @@ def u_to_x_0(
 
 
 # ----------------------------------------------------------------------------------------
-# §4.4
+# docs/ops.md#reverse_transition
 
 
 class TransitionCoefficients(NamedTuple):
@@ -244,7 +244,7 @@ def reverse_transition(
 
 
 # ----------------------------------------------------------------------------------------
-# §4.5 posterior mean
+# docs/ops.md#gm_posterior_mean posterior mean
 
 
 def _posterior_setup(gm, x_t, x_t_src, t, t_src, sigma_t, sigma_t_src, eps, prediction_type, num_timesteps, names):
@@ -376,7 +376,7 @@ def gm_posterior_mean(
 
 
 # ----------------------------------------------------------------------------------------
-# §4.6 – §4.7 sampling
+# docs/sampling.md#spectral-sampling, docs/ops.md#gm_to_model_output sampling
 
 
 def inverse_hartley2(spectral: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the 1-D GM pdf/cdf and the Newton inverse CDF (spec §2).
+"""Pure-PyTorch reference of the 1-D GM pdf/cdf and the Newton inverse CDF (docs/ops.md#one-dimensional-mixtures).
 
 A 1-D GM (:class:`gmflow.types.GaussianMixture1D`) has means/logweights ``(..., K, H, W)`` and
 one std ``logstds (..., 1, 1, 1)``; samples are ``(..., N, H, W)``. The GM tensors are

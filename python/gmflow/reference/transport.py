@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of Knothe–Rosenblatt transport between N(0, I) and an iso-GM (spec §3).
+"""Pure-PyTorch reference of Knothe–Rosenblatt transport between N(0, I) and an iso-GM
+(docs/ops.md#knothe-rosenblatt-transport).
 
 Per pixel, across channels, in the eigenbasis ``V`` of the GM's moment-matched covariance.
 Because every component has the same isotropic std ``s``, the conditional of rotated axis

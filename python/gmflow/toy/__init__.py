@@ -1,4 +1,4 @@
-"""The 2-D checkerboard toy experiment (MODELS_AND_TRAINING.md §2): the project's main job.
+"""The 2-D checkerboard toy experiment (docs/training.md#toy-experiment): the project's main job.
 
 =================  ====================================================================
 ``data``           ``Checkerboard``: sampling from a generator, exact density, bin masses,

@@ -1,4 +1,4 @@
-"""The 2-D checkerboard data set (MODELS_AND_TRAINING.md §2.1) and its exact density.
+"""The 2-D checkerboard data set (docs/training.md#checkerboard-data) and its exact density.
 
 A 4x4 board scaled to ``[-4, 4]^2``: the 8 "white" squares ``(i, j)`` with ``i + j`` even, square
 ``(i, j)`` covering ``x in [2i - 4, 2i - 2)``, ``y in [2j - 4, 2j - 2)``; the density is uniform on them

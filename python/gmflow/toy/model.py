@@ -1,4 +1,4 @@
-"""The toy GM MLP denoiser (MODELS_AND_TRAINING.md §2.2, ``GMFlowMLP2DDenoiser``).
+"""The toy GM MLP denoiser (docs/models.md#toy-mlp, ``GMFlowMLP2DDenoiser``).
 
 Input ``x_t (B, 2, 1, 1)`` and ``t (B,)`` in T-units; output the u-GM ``GaussianMixture(means
 (B, K, 2, 1, 1), logstds (B, 1, 1, 1, 1), logweights (B, K, 1, 1, 1))``. Features: a 256-d sinusoidal

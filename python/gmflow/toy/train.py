@@ -1,4 +1,4 @@
-"""Trainer of the checkerboard toy model (MODELS_AND_TRAINING.md §2.3, scaled to a CPU budget).
+"""Trainer of the checkerboard toy model (docs/training.md#toy-trainer, scaled to a CPU budget).
 
 AdamW (weight decay 0), linear warm-up from ``0.001 lr``, the GMFlow transition loss (trans_ratio
 0.9 by default; LakonLab's loss normalisation with scale 2.0), a "karras" EMA copy

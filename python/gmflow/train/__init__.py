@@ -1,4 +1,4 @@
-"""Training GM-DiT on cached ImageNet latents (MODELS_AND_TRAINING.md §3 - §5.1, §7).
+"""Training GM-DiT on cached ImageNet latents (docs/training.md, docs/models.md).
 
 =====================  =====================================================================
 ``config``             ``TrainConfig`` (JSON round trip, ``key=value`` overrides)

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic writes, the ``latest.pth`` pointer, retention and safe resume (§5.1, §7.3 - §7.4).
+"""Training checkpoints: atomic writes, the ``latest.pth`` pointer, retention and safe resume
+(docs/models.md#training-checkpoint, docs/training.md#checkpoints-and-resume).
 
 A checkpoint ``<work_dir>/checkpoints/iter_<N>.pth`` is written as ``.iter_<N>.pth.tmp`` (flushed and
 fsynced), then renamed into place; only then is ``latest.pth`` — a symbolic link (a copy where links

@@ -1,4 +1,4 @@
-"""Configuration of an ImageNet GM-DiT training run (MODELS_AND_TRAINING.md §3.2 - §3.6, §7).
+"""Configuration of an ImageNet GM-DiT training run (docs/training.md).
 
 :class:`TrainConfig` is a flat dataclass; its defaults are the paper's run (``gmflow_imagenet_k8_8gpus``)
 except where a CPU-friendly choice is noted. It round-trips through JSON (``to_json`` /
@@ -35,19 +35,19 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
     num_threads: int = 0  # torch intra-op threads per process (0: leave torch's default)
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn.benchmark
-    # -- data (§3.2) ------------------------------------------------------------------------------------------
+    # -- data (docs/training.md#training-data) ----------------------------------------------------------------
     data_root: str = "data/imagenet/train_cache"
     data_list: str | None = None  # default <data_root>.txt
     batch_size: int = 512  # per rank and micro-step; global batch = batch_size * world * grad_accum
     grad_accum: int = 1
     num_workers: int = 4
     label_dropout: float = 0.1  # upstream prob_class = 0.9
-    # -- model (§1) -------------------------------------------------------------------------------------------
+    # -- model (docs/models.md#gm-dit) ------------------------------------------------------------------------
     model: dict[str, Any] = field(default_factory=_default_model)
     spectrum_net: dict[str, Any] | None = field(default_factory=lambda: {"base_size": [4, 32, 32], "layers": [64, 8]})
     gradient_checkpointing: bool = True
     mixed_precision: str = "auto"  # bf16 | no | auto (bf16 on CUDA, no on CPU)
-    # -- objective (§3.3) -------------------------------------------------------------------------------------
+    # -- objective (docs/training.md#the-imagenet-objective) --------------------------------------------------
     trans_ratio: float = 0.5
     transition_loss_weight: float = 8.0  # LakonLab normalisation (per-pixel NLL / C, 2pi included) = original 2.0
     spectral_loss_weight: float = 4.0  # LakonLab scaling (= original 1.0 x C)
@@ -55,7 +55,7 @@ class TrainConfig:
     logit_normal_mean: float = 0.0
     logit_normal_std: float = 1.0
     timestep_shift: float = 1.0
-    # -- optimisation (§3.4) ----------------------------------------------------------------------------------
+    # -- optimisation (docs/training.md#optimisation) ---------------------------------------------------------
     optimizer: str = "auto"  # auto (AdamW8bit when bitsandbytes imports, else AdamW) | adamw | adamw8bit
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.95)
@@ -64,18 +64,19 @@ class TrainConfig:
     warmup_ratio: float = 0.001  # the warm-up starts at warmup_ratio * lr
     grad_clip: float = 10.0  # global norm; 0 disables clipping (the non-finite guard stays on)
     grad_clip_start: int = 1000
-    # -- EMA (§3.5) -------------------------------------------------------------------------------------------
+    # -- EMA (docs/training.md#ema) ---------------------------------------------------------------------------
     ema: bool = True
     ema_nimg: float = 30_000_000.0
     ema_rampup: float = 0.05
-    # -- checkpoints, logs (§5.1, §7.4, §7.5) ----------------------------------------------------------------
+    # -- checkpoints, logs (docs/models.md#training-checkpoint, docs/training.md#checkpoints-and-resume,
+    # docs/training.md#logging) ---
     checkpoint_interval: int = 1000
     keep_every: int = 40_000  # besides the newest, keep iter_N.pth for N a multiple of this (0: none)
     fp16_ema_in_checkpoint: bool = False  # upstream ckpt_fp16_ema (breaks bit-exact EMA resume)
     log_interval: int = 10
     tensorboard: bool = True
     progress: bool = True
-    # -- validation (§3.6, §7.6) ----------------------------------------------------------------------------
+    # -- validation (docs/training.md#validation) -----------------------------------------------------------
     val_interval: int = 20_000  # 0: never
     val_num_samples: int = 50_000
     val_batch_size: int = 125  # per rank

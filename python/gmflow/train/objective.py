@@ -1,4 +1,5 @@
-"""The GMFlow training objective on a GM-DiT (MODELS_AND_TRAINING.md §3.3; OPS_AND_SAMPLERS.md §6).
+"""The GMFlow training objective on a GM-DiT (docs/training.md#the-imagenet-objective;
+docs/training.md#the-gmflow-objective).
 
 :class:`GMFlowDiffusion` holds the trainable networks under the upstream names (``denoising`` = the
 GM-DiT, ``spectrum_net``) and its ``forward`` *is* the loss, so that DistributedDataParallel wraps one

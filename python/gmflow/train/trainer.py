@@ -1,4 +1,4 @@
-"""The ImageNet GM-DiT trainer (MODELS_AND_TRAINING.md §3 - §5.1, §7), plain or under ``torchrun``.
+"""The ImageNet GM-DiT trainer (docs/training.md, docs/models.md), plain or under ``torchrun``.
 
 ::
 
@@ -75,7 +75,7 @@ def lr_at(config: TrainConfig, iteration: int) -> float:
 
 def ema_beta(iteration: int, global_batch: int, ema_nimg: float = 30e6, rampup: float = 0.05) -> float:
     """StyleGAN ramp-up EMA momentum after (0-based) ``iteration``: ``n = iteration + 1``,
-    ``nimg = min(ema_nimg, rampup n B)``, ``beta = 0.5^(B / nimg)`` (§3.5)."""
+    ``nimg = min(ema_nimg, rampup n B)``, ``beta = 0.5^(B / nimg)`` (docs/training.md#ema)."""
     n = iteration + 1
     nimg = min(ema_nimg, rampup * n * global_batch) if rampup > 0 else ema_nimg
     return 0.5 ** (global_batch / max(nimg, 1e-8))

@@ -1,4 +1,4 @@
-"""Validation during training (MODELS_AND_TRAINING.md §3.6, §7.6): sample the test set with the EMA model,
+"""Validation during training (docs/training.md#validation): sample the test set with the EMA model,
 decode with the VAE and score FID / IS / precision / recall against local reference statistics.
 
 Everything it needs is a local file named in the config (``vae_path``, ``inception_path``,
