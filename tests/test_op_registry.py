@@ -163,3 +163,12 @@ def test_kr_wrappers_take_an_empty_grid(hw, axis_aligned, n_axes):
     x = ops.gaussian_samples_to_gm_samples(gm, g, n_axes=n_axes, axis_aligned=axis_aligned)
     z = ops.gm_samples_to_gaussian_samples(gm, g, n_axes=n_axes, axis_aligned=axis_aligned)
     assert x.shape == z.shape == g.shape and x.dtype == z.dtype == g.dtype
+
+
+@pytest.mark.parametrize("name", ops.NATIVE_OPS)
+def test_wrapper_bad_input_is_a_gmflow_input_error(name):
+    """Whichever backend finds it (a native kernel raises RuntimeError), the wrapper raises GMFlowInputError."""
+    gm, call = _wrapper_call(name)
+    bad = gmflow.GaussianMixture(gm.means, gm.logstds, gm.logweights[..., :-1])  # logweights one pixel short
+    with pytest.raises(GMFlowInputError, match="logweights"):
+        call(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from typing import Callable, Iterator
 
 import torch
@@ -73,14 +74,25 @@ def raise_for_nan(op: str, outputs: list[Tensor], inputs: dict[str, Tensor]) -> 
     raise GMFlowInputError(f"{op}(): produced NaN from finite inputs; please report this as a gmflow bug")
 
 
+# The native binding's argument checks raise RuntimeError("<op>(): '<argument>' ...").
+_NATIVE_INPUT_ERROR = re.compile(r"^gm\w*\(\): ")
+
+
 def names_nan_inputs(fn: Callable) -> Callable:
-    """Decorator of every :mod:`gmflow.ops` wrapper: on CPU (see :func:`gmflow.config.value_checks`),
-    a NaN in the result raises a :class:`GMFlowInputError` naming the input that carries it."""
+    """Decorator of every :mod:`gmflow.ops` wrapper: bad input is a :class:`GMFlowInputError` whichever
+    backend found it (a native kernel's argument check raises RuntimeError with the same message), and
+    on CPU (see :func:`gmflow.config.value_checks`) a NaN in the result raises one naming the input
+    that carries it."""
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        out = fn(*args, **kwargs)
+        try:
+            out = fn(*args, **kwargs)
+        except RuntimeError as e:
+            if isinstance(e, GMFlowInputError) or not _NATIVE_INPUT_ERROR.match(str(e)):
+                raise
+            raise GMFlowInputError(str(e)) from e
         if torch.compiler.is_compiling() or config.value_checks() == "never":
             return out
         bound = signature.bind(*args, **kwargs)

@@ -44,17 +44,23 @@ def check_gm(gm, name: str = "gm") -> None:
     for part, t in zip(("means", "logstds", "logweights"), gm):
         check_floating(f"{name}.{part}", t)
     if means.dim() < 4:
-        raise ValueError(f"{name}.means must have shape (..., K, C, H, W), got {tuple(means.shape)}")
+        raise GMFlowInputError(f"{name}.means must have shape (..., K, C, H, W), got {tuple(means.shape)}")
     K = means.shape[-4]
     if K < 1:
         raise GMFlowInputError(f"{name}.means (..., K, C, H, W) must have at least one component (K >= 1), "
                                f"got {tuple(means.shape)}")
     if logweights.dim() < 4 or logweights.shape[-4] != K or logweights.shape[-3] != 1:
-        raise ValueError(f"{name}.logweights must have shape (..., K={K}, 1, H, W), got {tuple(logweights.shape)}")
+        raise GMFlowInputError(
+            f"{name}.logweights must have shape (..., K={K}, 1, H, W), got {tuple(logweights.shape)}")
     if logstds.dim() < 4 or logstds.shape[-4] not in (1, K) or logstds.shape[-3] != 1:
-        raise ValueError(
+        raise GMFlowInputError(
             f"{name}.logstds must have shape (..., 1, 1, 1, 1) or (..., K={K}, 1, H, W), got {tuple(logstds.shape)}"
         )
+    for part, t in (("logweights", logweights), ("logstds", logstds)):
+        if any(a != b and 1 not in (a, b) for a, b in zip(t.shape[-2:], means.shape[-2:])):
+            raise GMFlowInputError(
+                f"{name}.{part} {tuple(t.shape)} must have the pixel dims (H, W) of {name}.means "
+                f"{tuple(means.shape)} (or 1)")
 
 
 def check_channels(x: Tensor, C: int, name: str) -> None:
