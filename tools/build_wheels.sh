@@ -56,7 +56,7 @@ GMFLOW_CUDA=ON SKBUILD_BUILD_DIR="$WORK/build" \
 echo "native build took $((SECONDS - start)) s"
 RAW=$(ls "$WORK"/raw/gmflow-*.whl)
 for lib in cpu cuda; do
-  unzip -l "$RAW" | grep -q "gmflow/libgmflow_$lib.so" || { echo "libgmflow_$lib.so missing from $RAW"; exit 1; }
+  unzip -l "$RAW" | grep "gmflow/libgmflow_$lib.so" > /dev/null || { echo "libgmflow_$lib.so missing from $RAW"; exit 1; }
 done
 
 log "auditwheel repair (torch and the CUDA runtime excluded)"
