@@ -420,13 +420,13 @@ const char* gm1d_inverse_cdf_backward(const Gm1dInverseCdfBackwardParams<T>& prm
 }
 
 template <typename T>
-const char* gm_kr_inverse(const GmKrParams<T>& prm, void* stream) {
+const char* gm_kr_inverse(const GmKrInverseParams<T>& prm, void* stream) {
   if (!prm.workspace) return "gm_kr_inverse: no workspace (kr_workspace_slots(K, C) values per item)";
   return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, kr_inverse_kernel<T>, stream);
 }
 
 template <typename T>
-const char* gm_kr_forward(const GmKrParams<T>& prm, void* stream) {
+const char* gm_kr_forward(const GmKrForwardParams<T>& prm, void* stream) {
   if (!prm.workspace) return "gm_kr_forward: no workspace (kr_workspace_slots(K, C) values per item)";
   return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, kr_forward_kernel<T>, stream);
 }
@@ -434,8 +434,8 @@ const char* gm_kr_forward(const GmKrParams<T>& prm, void* stream) {
 #define GMFLOW_INSTANTIATE(T)                                                                                  \
   template const char* gm1d_inverse_cdf<T>(const Gm1dInverseCdfParams<T>&, void*);                            \
   template const char* gm1d_inverse_cdf_backward<T>(const Gm1dInverseCdfBackwardParams<T>&, void*);           \
-  template const char* gm_kr_inverse<T>(const GmKrParams<T>&, void*);                                         \
-  template const char* gm_kr_forward<T>(const GmKrParams<T>&, void*);
+  template const char* gm_kr_inverse<T>(const GmKrInverseParams<T>&, void*);                                         \
+  template const char* gm_kr_forward<T>(const GmKrForwardParams<T>&, void*);
 
 GMFLOW_INSTANTIATE(float)
 GMFLOW_INSTANTIATE(double)

@@ -7,6 +7,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -293,13 +294,14 @@ inline Tensor new_zeros(const Tensor& like, const Shape& shape) {
 
 // Float16 and bfloat16 gradients that sum over broadcast dims are computed in float32 and rounded
 // once: the per-element partials of a broadcast sum can overflow float16 where the sum does not.
-// `full` are the unreduced gradient shapes, `inputs` the tensors they reduce to.
-inline bool needs_float32_reduction(const Tensor& means, const std::vector<bool>& mask,
-                                    const std::vector<Shape>& full, const std::vector<Tensor>& inputs) {
+// `full` are the unreduced gradient shapes, `inputs` the shapes they reduce to.
+template <size_t N>
+bool needs_float32_reduction(const Tensor& means, const std::vector<bool>& mask, const std::array<Shape, N>& full,
+                             const std::array<Shape, N>& inputs) {
   const ScalarType t = means.scalar_type();
   if (t != ScalarType::Half && t != ScalarType::BFloat16) return false;
-  for (size_t i = 0; i < inputs.size(); ++i)
-    if (mask[i] && product(full[i]) != inputs[i].numel()) return true;
+  for (size_t i = 0; i < N; ++i)
+    if (mask[i] && product(full[i]) != product(inputs[i])) return true;
   return false;
 }
 

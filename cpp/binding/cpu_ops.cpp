@@ -20,59 +20,11 @@ struct CpuBackend {
     pf.run = &run_on_torch_pool;
     return pf;
   }
-  template <typename T>
-  static void launch(const GmLogprobParams<T>& p, const Scope&) {
-    cpu::gm_logprob(p, pool());
-  }
-  template <typename T>
-  static void launch(const GmLogprobBackwardParams<T>& p, const Scope&) {
-    cpu::gm_logprob_backward(p, pool());
-  }
-  template <typename T>
-  static void launch(const GmToMeanParams<T>& p, const Scope&) {
-    cpu::gm_to_mean(p, pool());
-  }
-  template <typename T>
-  static void launch(const GmToMeanBackwardParams<T>& p, const Scope&) {
-    cpu::gm_to_mean_backward(p, pool());
-  }
-  template <typename T>
-  static void launch(const GmToIsoGaussianParams<T>& p, const Scope&) {
-    cpu::gm_to_iso_gaussian(p, pool());
-  }
-
   static constexpr bool kKrWorkspace = false;
-  template <typename T>
-  static void launch(const GmMulIsoGaussianParams<T>& p, const Scope&) {
-    cpu::gm_mul_iso_gaussian(p, pool());
-  }
-  template <typename T>
-  static void launch(const GmPosteriorMeanParams<T>& p, const Scope&) {
-    cpu::gm_posterior_mean(p, pool());
-  }
-  template <typename T>
-  static void launch(const GmPosteriorMeanBackwardParams<T>& p, const Scope&) {
-    cpu::gm_posterior_mean_backward(p, pool());
-  }
-  template <typename T>
-  static void launch(const GmSampleParams<T>& p, const Scope&) {
-    cpu::gm_sample(p, pool());
-  }
-  template <typename T>
-  static void launch(const Gm1dInverseCdfParams<T>& p, const Scope&) {
-    cpu::gm1d_inverse_cdf(p, pool());
-  }
-  template <typename T>
-  static void launch(const Gm1dInverseCdfBackwardParams<T>& p, const Scope&) {
-    cpu::gm1d_inverse_cdf_backward(p, pool());
-  }
-  template <typename T>
-  static void launch_kr_inverse(const GmKrParams<T>& p, const Scope&) {
-    cpu::gm_kr_inverse(p, pool());
-  }
-  template <typename T>
-  static void launch_kr_forward(const GmKrParams<T>& p, const Scope&) {
-    cpu::gm_kr_forward(p, pool());
+  // Every kernel of the table (params.h), picked by its params type.
+  template <class Params>
+  static void launch(const Params& p, const Scope&) {
+    cpu::run(p, pool());
   }
 };
 

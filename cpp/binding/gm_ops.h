@@ -2,7 +2,7 @@
 // operands, allocate, launch through `Backend`, reduce broadcast gradients.
 //
 // Backend provides:  struct Scope { explicit Scope(const Tensor&); };  and
-// static template functions  launch(const Params<T>&, const Scope&)  per op.
+// static template function  launch(const Params&, const Scope&)  for every kernel of the table (params.h).
 #pragma once
 
 #include <array>
@@ -187,19 +187,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gm_logprob_backward(Tensor grad, Tens
   const GmDims& d = plan.d;
   const Shape& batch = plan.batch;
   const int64_t Kl = plan.gm.logstds.size(-4);
-  if (needs_float32_reduction(means, output_mask,
-                              {concat(batch, {d.K, d.C, d.H, d.W}), concat(batch, {Kl, 1, d.H, d.W}),
-                               concat(batch, {d.K, 1, d.H, d.W}), concat(batch, {plan.N, d.C, d.H, d.W})},
-                              {means, logstds, logweights, samples}))
+  const std::array<Shape, 4> grad_shapes{concat(batch, {d.K, d.C, d.H, d.W}), concat(batch, {Kl, 1, d.H, d.W}),
+                                         concat(batch, {d.K, 1, d.H, d.W}), concat(batch, {plan.N, d.C, d.H, d.W})};
+  const std::array<Shape, 4> input_shapes{shape_of(means), shape_of(logstds), shape_of(logweights),
+                                          shape_of(samples)};
+  if (needs_float32_reduction(means, output_mask, grad_shapes, input_shapes))
     return to_dtype(gm_logprob_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
                                                  to_float32(logweights), to_float32(samples), to_float32(logprob),
                                                  output_mask),
                     means.scalar_type());
   const auto g = run_backward<Backend, 4>(
-      means, output_mask,
-      {concat(batch, {d.K, d.C, d.H, d.W}), concat(batch, {Kl, 1, d.H, d.W}), concat(batch, {d.K, 1, d.H, d.W}),
-       concat(batch, {plan.N, d.C, d.H, d.W})},
-      {shape_of(means), shape_of(logstds), shape_of(logweights), shape_of(samples)}, product(batch) * d.H * d.W == 0,
+      means, output_mask, grad_shapes, input_shapes, product(batch) * d.H * d.W == 0,
       grad, logprob, [&](auto tag, auto grad_p, auto logprob_p, const auto& out) {
         using T = typename decltype(tag)::type;
         GmLogprobBackwardParams<T> p;
@@ -281,15 +279,15 @@ std::tuple<Tensor, Tensor> gm_to_mean_backward(Tensor grad, Tensor means, Tensor
   if (shape_of(grad) != out_shape || shape_of(mean) != out_shape)
     fail(op, "'grad' and 'mean' must have the output shape ", shape_str(out_shape), "; got ",
          shape_str(shape_of(grad)), " and ", shape_str(shape_of(mean)));
-  if (needs_float32_reduction(means, output_mask,
-                              {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {d.K, 1, d.H, d.W})},
-                              {means, logweights}))
+  const std::array<Shape, 2> grad_shapes{concat(plan.batch, {d.K, d.C, d.H, d.W}),
+                                         concat(plan.batch, {d.K, 1, d.H, d.W})};
+  const std::array<Shape, 2> input_shapes{shape_of(means), shape_of(logweights)};
+  if (needs_float32_reduction(means, output_mask, grad_shapes, input_shapes))
     return to_dtype(gm_to_mean_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logweights),
                                                  to_float32(mean), power, output_mask),
                     means.scalar_type());
   const auto g = run_backward<Backend, 2>(
-      means, output_mask, {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {d.K, 1, d.H, d.W})},
-      {shape_of(means), shape_of(logweights)}, plan.empty(), grad, mean,
+      means, output_mask, grad_shapes, input_shapes, plan.empty(), grad, mean,
       [&](auto tag, auto grad_p, auto mean_p, const auto& out) {
         using T = typename decltype(tag)::type;
         GmToMeanBackwardParams<T> p;

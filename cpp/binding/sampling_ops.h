@@ -229,20 +229,17 @@ std::tuple<Tensor, Tensor, Tensor> gm_posterior_mean_backward(Tensor grad, Tenso
   check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
   const GmDims& d = plan.d;
   const int64_t Kl = logstds.size(-4);
-  if (needs_float32_reduction(means, output_mask,
-                              {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {Kl, 1, d.H, d.W}),
-                               concat(plan.batch, {d.K, 1, d.H, d.W})},
-                              {means, logstds, logweights}))
+  const std::array<Shape, 3> grad_shapes{concat(plan.batch, {d.K, d.C, d.H, d.W}),
+                                         concat(plan.batch, {Kl, 1, d.H, d.W}), concat(plan.batch, {d.K, 1, d.H, d.W})};
+  const std::array<Shape, 3> input_shapes{shape_of(means), shape_of(logstds), shape_of(logweights)};
+  if (needs_float32_reduction(means, output_mask, grad_shapes, input_shapes))
     return to_dtype(gm_posterior_mean_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
                                                         to_float32(logweights), to_float32(x_src),
                                                         to_float32(x_tgt), sigma_src, sigma_tgt, to_float32(mean),
                                                         eps, output_mask),
                     means.scalar_type());
   const auto g = run_backward<Backend, 3>(
-      means, output_mask,
-      {concat(plan.batch, {d.K, d.C, d.H, d.W}), concat(plan.batch, {Kl, 1, d.H, d.W}),
-       concat(plan.batch, {d.K, 1, d.H, d.W})},
-      {shape_of(means), shape_of(logstds), shape_of(logweights)}, plan.empty(), grad, mean,
+      means, output_mask, grad_shapes, input_shapes, plan.empty(), grad, mean,
       [&](auto tag, auto grad_p, auto mean_p, const auto& out) {
         using T = typename decltype(tag)::type;
         GmPosteriorMeanBackwardParams<T> p;
@@ -375,19 +372,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gm1d_inverse_cdf_backward(Tensor grad
   check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
   const Gm1dDims& d = plan.d;
   const Shape& batch = plan.batch;
-  if (needs_float32_reduction(means, output_mask,
-                              {concat(batch, {d.K, d.H, d.W}), concat(batch, {1, d.H, d.W}),
-                               concat(batch, {d.K, d.H, d.W}), concat(batch, {plan.N, d.H, d.W})},
-                              {means, logstds, logweights, scaled_cdfs}))
+  const std::array<Shape, 4> grad_shapes{concat(batch, {d.K, d.H, d.W}), concat(batch, {1, d.H, d.W}),
+                                         concat(batch, {d.K, d.H, d.W}), concat(batch, {plan.N, d.H, d.W})};
+  const std::array<Shape, 4> input_shapes{shape_of(means), shape_of(logstds), shape_of(logweights),
+                                          shape_of(scaled_cdfs)};
+  if (needs_float32_reduction(means, output_mask, grad_shapes, input_shapes))
     return to_dtype(gm1d_inverse_cdf_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
                                                        to_float32(logweights), to_float32(scaled_cdfs),
                                                        to_float32(samples), eps, output_mask),
                     means.scalar_type());
   const auto g = run_backward<Backend, 4>(
-      means, output_mask,
-      {concat(batch, {d.K, d.H, d.W}), concat(batch, {1, d.H, d.W}), concat(batch, {d.K, d.H, d.W}),
-       concat(batch, {plan.N, d.H, d.W})},
-      {shape_of(means), shape_of(logstds), shape_of(logweights), shape_of(scaled_cdfs)},
+      means, output_mask, grad_shapes, input_shapes,
       product(batch) * d.H * d.W == 0, grad, samples, [&](auto tag, auto grad_p, auto samples_p, const auto& out) {
         using T = typename decltype(tag)::type;
         Gm1dInverseCdfBackwardParams<T> p;
@@ -463,9 +458,10 @@ struct KrPlan {
             {x_name, samples, 4},   {"rotation", rotation, 4}};
   }
 
-  template <typename T>
-  GmKrParams<T> params(const char* op) const {
-    GmKrParams<T> p;
+  // Params is GmKrInverseParams or GmKrForwardParams: the type names the kernel.
+  template <template <typename> class Params, typename T>
+  Params<T> params(const char* op) const {
+    Params<T> p;
     p.gm = gm_operands<T>(d, product(batch), gm.means, gm.logstds_ptr(), gm.logweights);
     std::vector<Operand> ops = operands("samples");
     ops.push_back({"uniforms", uniforms ? *uniforms : samples, 4});
@@ -509,13 +505,13 @@ Tensor gm_kr_inverse(Tensor means, Tensor logstds, Tensor logweights, Tensor gau
   const typename Backend::Scope scope(means);
   dispatch_float(means, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    GmKrParams<T> p = plan.template params<T>(op);
+    GmKrInverseParams<T> p = plan.template params<GmKrInverseParams, T>(op);
     p.n_steps = n_steps;
     p.eps = eps;
     p.max_step_size = max_step_size;
     p.out = mptr<T>(out);
     p.workspace = Backend::kKrWorkspace ? static_cast<acc_t<T>*>(workspace.data_ptr()) : nullptr;
-    Backend::launch_kr_inverse(p, scope);
+    Backend::launch(p, scope);
   });
   return out;
 }
@@ -533,11 +529,11 @@ Tensor gm_kr_forward(Tensor means, Tensor logstds, Tensor logweights, Tensor sam
   const typename Backend::Scope scope(means);
   dispatch_float(means, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    GmKrParams<T> p = plan.template params<T>(op);
+    GmKrForwardParams<T> p = plan.template params<GmKrForwardParams, T>(op);
     p.eps = eps;
     p.out = mptr<T>(out);
     p.workspace = Backend::kKrWorkspace ? static_cast<acc_t<T>*>(workspace.data_ptr()) : nullptr;
-    Backend::launch_kr_forward(p, scope);
+    Backend::launch(p, scope);
   });
   return out;
 }

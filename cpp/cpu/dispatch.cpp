@@ -22,65 +22,26 @@ bool use_avx2() {
 const char* active_isa() { return use_avx2() ? "avx2" : "baseline"; }
 
 #if defined(GMFLOW_HAVE_AVX2_BUILD)
-#define GMFLOW_CPU_CALL(name, params, pf) (use_avx2() ? avx2::name(params, pf) : baseline::name(params, pf))
-#else
-#define GMFLOW_CPU_CALL(name, params, pf) baseline::name(params, pf)
-#endif
-
-template <typename T>
-void gm_logprob(const GmLogprobParams<T>& p, const ParallelFor& pf) {
-  GMFLOW_CPU_CALL(gm_logprob, p, pf);
-}
-template <typename T>
-void gm_logprob_backward(const GmLogprobBackwardParams<T>& p, const ParallelFor& pf) {
-  GMFLOW_CPU_CALL(gm_logprob_backward, p, pf);
-}
-template <typename T>
-void gm_to_mean(const GmToMeanParams<T>& p, const ParallelFor& pf) {
-  GMFLOW_CPU_CALL(gm_to_mean, p, pf);
-}
-template <typename T>
-void gm_to_mean_backward(const GmToMeanBackwardParams<T>& p, const ParallelFor& pf) {
-  GMFLOW_CPU_CALL(gm_to_mean_backward, p, pf);
-}
-template <typename T>
-void gm_to_iso_gaussian(const GmToIsoGaussianParams<T>& p, const ParallelFor& pf) {
-  GMFLOW_CPU_CALL(gm_to_iso_gaussian, p, pf);
-}
-
-#define GMFLOW_CPU_FORWARD(name, Params)                \
-  template <typename T>                                 \
-  void name(const Params<T>& p, const ParallelFor& pf) { \
-    GMFLOW_CPU_CALL(name, p, pf);                       \
+#define GMFLOW_DEFINE_CPU_RUN(name, Params)                          \
+  template <typename T>                                             \
+  void run(const Params<T>& p, const ParallelFor& pf) {             \
+    use_avx2() ? avx2::name(p, pf) : baseline::name(p, pf);         \
   }
-GMFLOW_CPU_FORWARD(gm_mul_iso_gaussian, GmMulIsoGaussianParams)
-GMFLOW_CPU_FORWARD(gm_posterior_mean, GmPosteriorMeanParams)
-GMFLOW_CPU_FORWARD(gm_posterior_mean_backward, GmPosteriorMeanBackwardParams)
-GMFLOW_CPU_FORWARD(gm_sample, GmSampleParams)
-GMFLOW_CPU_FORWARD(gm1d_inverse_cdf, Gm1dInverseCdfParams)
-GMFLOW_CPU_FORWARD(gm1d_inverse_cdf_backward, Gm1dInverseCdfBackwardParams)
-GMFLOW_CPU_FORWARD(gm_kr_inverse, GmKrParams)
-GMFLOW_CPU_FORWARD(gm_kr_forward, GmKrParams)
+#else
+#define GMFLOW_DEFINE_CPU_RUN(name, Params)              \
+  template <typename T>                                 \
+  void run(const Params<T>& p, const ParallelFor& pf) { \
+    baseline::name(p, pf);                              \
+  }
+#endif
+GMFLOW_FOR_EACH_KERNEL(GMFLOW_DEFINE_CPU_RUN)
 
-#define GMFLOW_INSTANTIATE(T)                                                                  \
-  template void gm_logprob<T>(const GmLogprobParams<T>&, const ParallelFor&);                 \
-  template void gm_logprob_backward<T>(const GmLogprobBackwardParams<T>&, const ParallelFor&); \
-  template void gm_to_mean<T>(const GmToMeanParams<T>&, const ParallelFor&);                  \
-  template void gm_to_mean_backward<T>(const GmToMeanBackwardParams<T>&, const ParallelFor&); \
-  template void gm_to_iso_gaussian<T>(const GmToIsoGaussianParams<T>&, const ParallelFor&);          \
-  template void gm_mul_iso_gaussian<T>(const GmMulIsoGaussianParams<T>&, const ParallelFor&);        \
-  template void gm_posterior_mean<T>(const GmPosteriorMeanParams<T>&, const ParallelFor&);           \
-  template void gm_posterior_mean_backward<T>(const GmPosteriorMeanBackwardParams<T>&, const ParallelFor&); \
-  template void gm_sample<T>(const GmSampleParams<T>&, const ParallelFor&);                          \
-  template void gm1d_inverse_cdf<T>(const Gm1dInverseCdfParams<T>&, const ParallelFor&);             \
-  template void gm1d_inverse_cdf_backward<T>(const Gm1dInverseCdfBackwardParams<T>&, const ParallelFor&); \
-  template void gm_kr_inverse<T>(const GmKrParams<T>&, const ParallelFor&);                          \
-  template void gm_kr_forward<T>(const GmKrParams<T>&, const ParallelFor&);
-
-GMFLOW_INSTANTIATE(float)
-GMFLOW_INSTANTIATE(double)
-GMFLOW_INSTANTIATE(Half)
-GMFLOW_INSTANTIATE(BFloat16)
+#define GMFLOW_INSTANTIATE_CPU_RUN(name, Params)                                  \
+  template void run<float>(const Params<float>&, const ParallelFor&);            \
+  template void run<double>(const Params<double>&, const ParallelFor&);          \
+  template void run<Half>(const Params<Half>&, const ParallelFor&);              \
+  template void run<BFloat16>(const Params<BFloat16>&, const ParallelFor&);
+GMFLOW_FOR_EACH_KERNEL(GMFLOW_INSTANTIATE_CPU_RUN)
 
 }  // namespace cpu
 }  // namespace gmflow

@@ -573,14 +573,14 @@ void gm1d_inverse_cdf_backward(const Gm1dInverseCdfBackwardParams<T>& prm, const
 }
 
 template <typename T>
-void gm_kr_inverse(const GmKrParams<T>& prm, const ParallelFor& pf) {
+void gm_kr_inverse(const GmKrInverseParams<T>& prm, const ParallelFor& pf) {
   const GmOperands<T>& gm = prm.gm;
   run_items(prm, gm.batch * prm.N * gm.P, gm.K * gm.C * (2 * prm.n_steps + gm.C + 4), pf,
             [](const auto& q, int64_t b, int64_t e) { kr_inverse_range(q, b, e); });
 }
 
 template <typename T>
-void gm_kr_forward(const GmKrParams<T>& prm, const ParallelFor& pf) {
+void gm_kr_forward(const GmKrForwardParams<T>& prm, const ParallelFor& pf) {
   const GmOperands<T>& gm = prm.gm;
   run_items(prm, gm.batch * prm.N * gm.P, gm.K * gm.C * (gm.C + 6), pf,
             [](const auto& q, int64_t b, int64_t e) { kr_forward_range(q, b, e); });
@@ -589,8 +589,8 @@ void gm_kr_forward(const GmKrParams<T>& prm, const ParallelFor& pf) {
 #define GMFLOW_INSTANTIATE_TRANSPORT(T)                                                                  \
   template void gm1d_inverse_cdf<T>(const Gm1dInverseCdfParams<T>&, const ParallelFor&);                 \
   template void gm1d_inverse_cdf_backward<T>(const Gm1dInverseCdfBackwardParams<T>&, const ParallelFor&); \
-  template void gm_kr_inverse<T>(const GmKrParams<T>&, const ParallelFor&);                              \
-  template void gm_kr_forward<T>(const GmKrParams<T>&, const ParallelFor&);
+  template void gm_kr_inverse<T>(const GmKrInverseParams<T>&, const ParallelFor&);                              \
+  template void gm_kr_forward<T>(const GmKrForwardParams<T>&, const ParallelFor&);
 
 GMFLOW_INSTANTIATE_TRANSPORT(float)
 GMFLOW_INSTANTIATE_TRANSPORT(double)

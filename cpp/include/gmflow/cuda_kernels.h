@@ -1,43 +1,24 @@
-// Host launchers of the CUDA kernels (defined in cuda/, torch-free). Each
-// enqueues on `stream` (a cudaStream_t) and returns nullptr on success or the
-// CUDA error string of the launch.
+// Host launchers of the CUDA kernels (defined in cuda/, torch-free), generated from the kernel
+// table (params.h). Each enqueues on `stream` (a cudaStream_t) and returns nullptr on success or
+// the CUDA error string of the launch.
 #pragma once
 
 #include "gmflow/params.h"
 
+// The launcher, named as in the table (defined in its cuda/<family>.cu), and `run`, the same
+// launcher overloaded on the params type (what the backends call).
+#define GMFLOW_DECLARE_CUDA_KERNEL(name, Params)                     \
+  template <typename T>                                              \
+  const char* name(const Params<T>& params, void* stream);           \
+  template <typename T>                                              \
+  inline const char* run(const Params<T>& params, void* stream) {    \
+    return name(params, stream);                                     \
+  }
+
 namespace gmflow {
 namespace cuda {
 
-template <typename T>
-const char* gm_logprob(const GmLogprobParams<T>& params, void* stream);
-template <typename T>
-const char* gm_logprob_backward(const GmLogprobBackwardParams<T>& params, void* stream);
-
-template <typename T>
-const char* gm_to_mean(const GmToMeanParams<T>& params, void* stream);
-template <typename T>
-const char* gm_to_mean_backward(const GmToMeanBackwardParams<T>& params, void* stream);
-
-template <typename T>
-const char* gm_to_iso_gaussian(const GmToIsoGaussianParams<T>& params, void* stream);
-
-template <typename T>
-const char* gm_mul_iso_gaussian(const GmMulIsoGaussianParams<T>& params, void* stream);
-template <typename T>
-const char* gm_posterior_mean(const GmPosteriorMeanParams<T>& params, void* stream);
-template <typename T>
-const char* gm_posterior_mean_backward(const GmPosteriorMeanBackwardParams<T>& params, void* stream);
-template <typename T>
-const char* gm_sample(const GmSampleParams<T>& params, void* stream);
-
-template <typename T>
-const char* gm1d_inverse_cdf(const Gm1dInverseCdfParams<T>& params, void* stream);
-template <typename T>
-const char* gm1d_inverse_cdf_backward(const Gm1dInverseCdfBackwardParams<T>& params, void* stream);
-template <typename T>
-const char* gm_kr_inverse(const GmKrParams<T>& params, void* stream);
-template <typename T>
-const char* gm_kr_forward(const GmKrParams<T>& params, void* stream);
+GMFLOW_FOR_EACH_KERNEL(GMFLOW_DECLARE_CUDA_KERNEL)
 
 }  // namespace cuda
 }  // namespace gmflow

@@ -183,6 +183,12 @@ struct GmKrParams {
   acc_t<T>* workspace = nullptr;     // CUDA only: kr_workspace_slots(K, C) * items values
 };
 
+// The two KR kernels share their parameters; distinct types name each kernel (the kernel table below).
+template <typename T>
+struct GmKrInverseParams : GmKrParams<T> {};
+template <typename T>
+struct GmKrForwardParams : GmKrParams<T> {};
+
 // Per-item scratch values of the CUDA KR kernels (rotated means, conditional sums, coordinates).
 inline int64_t kr_workspace_slots(int64_t K, int64_t C) { return K * C + K + C; }
 
@@ -200,5 +206,25 @@ struct GmSampleParams {
   bool cov_sharpen = false;
   T* out = nullptr;  // (batch, N, C, P)
 };
+
+// ---------------------------------------------------------------------------------------------
+// The kernel table: every native kernel, by name and params struct. A kernel is identified by its
+// params type, so the declarations (cpu_kernels.h, cuda_kernels.h), the CPU instruction-set
+// dispatch and every backend's launch are generated from this one list: a new kernel is its params
+// struct above, one line here, its CPU loop and its CUDA kernel.
+#define GMFLOW_FOR_EACH_KERNEL(X)                             \
+  X(gm_logprob, GmLogprobParams)                              \
+  X(gm_logprob_backward, GmLogprobBackwardParams)             \
+  X(gm_to_mean, GmToMeanParams)                               \
+  X(gm_to_mean_backward, GmToMeanBackwardParams)              \
+  X(gm_to_iso_gaussian, GmToIsoGaussianParams)                \
+  X(gm_mul_iso_gaussian, GmMulIsoGaussianParams)              \
+  X(gm_posterior_mean, GmPosteriorMeanParams)                 \
+  X(gm_posterior_mean_backward, GmPosteriorMeanBackwardParams) \
+  X(gm_sample, GmSampleParams)                                \
+  X(gm1d_inverse_cdf, Gm1dInverseCdfParams)                   \
+  X(gm1d_inverse_cdf_backward, Gm1dInverseCdfBackwardParams)  \
+  X(gm_kr_inverse, GmKrInverseParams)                         \
+  X(gm_kr_forward, GmKrForwardParams)
 
 }  // namespace gmflow
