@@ -1,17 +1,21 @@
 """Checks an installed gmflow wheel from the user's side (run by .ci/run, never by pytest).
 
-    python .ci/check_install.py --cuda {loaded,cpu-only,refused}
+    python .ci/check_install.py --cuda {loaded,cpu-only,refused} [--built-cuda MAJOR]
 
 loaded:   both native libraries load and every op has a CUDA kernel (a CUDA torch of the wheel's CUDA major)
 cpu-only: the CUDA library is not loaded because this torch has no CUDA, and nothing warns about it
 refused:  the CUDA library is not loaded (another CUDA major): a NativeLibraryWarning at import, no failure
 In every case the native CPU library is loaded and its ops agree with gmflow.reference.
+--built-cuda: the wheel's CUDA library was compiled with CUDA MAJOR, its version has the matching
+local part (+cuMAJOR, none for 13) and `python -m gmflow.info` prints that CUDA version.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
+import io
 import warnings
 
 import torch
@@ -20,7 +24,9 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cuda", choices=["loaded", "cpu-only", "refused"], required=True)
-    expect = parser.parse_args().cuda
+    parser.add_argument("--built-cuda", choices=["12", "13"])
+    args = parser.parse_args()
+    expect = args.cuda
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -53,6 +59,18 @@ def main() -> None:
         assert not cuda.loaded, "the CUDA library loaded into a torch of another CUDA major"
         assert native_warnings and "CUDA" in native_warnings[0], native_warnings
         print(f"import warned, as it should: {native_warnings[0]}")
+
+    if args.built_cuda:
+        built = _native.built_cuda_version(build)
+        assert built.split(".")[0] == args.built_cuda, f"CUDA library built with CUDA {built}"
+        local = "" if args.built_cuda == "13" else f"+cu{args.built_cuda}"
+        assert gmflow.__version__.endswith(local) and gmflow.__version__.count("+") == bool(local), gmflow.__version__
+        from gmflow import info
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            info.main([])
+        assert f"CUDA {built} (archs" in printed.getvalue(), printed.getvalue()
+        print(f"gmflow {gmflow.__version__}: CUDA library built with CUDA {built}, and gmflow.info says so")
 
     g = torch.Generator().manual_seed(0)
     means, logweights = torch.randn(2, 3, 4, 5, 6, generator=g), torch.randn(2, 3, 1, 5, 6, generator=g).log_softmax(1)

@@ -33,6 +33,39 @@ def test_cuda_library_of_another_cuda_major_warns_and_stays_unloaded(monkeypatch
     assert "CUDA 12" in status.reason
 
 
+@pytest.mark.parametrize("torch_cuda", ["12.4", "12.8", "12.9"])
+def test_cuda_12_build_against_cuda_13_torch_headers_is_tried_on_any_cuda_12_torch(
+        monkeypatch, fake_cuda_build, torch_cuda):
+    # The +cu12 wheel: nvcc 12.4 against a CUDA 13 torch's stable headers. nvcc's major decides,
+    # so the loader goes on to load it (the fake file then fails to load, and says so).
+    monkeypatch.setattr(_native.STATE, "build_info",
+                        {"built_with_torch_cuda": "13.0", "cuda_compiler_version": "12.4.131"})
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    with pytest.warns(_native.NativeLibraryWarning, match="failed to load"):
+        status = _native._load_one("cuda")
+    assert status.reason.startswith("failed to load"), status.reason
+
+
+def test_cuda_12_build_is_refused_by_a_cuda_13_torch(monkeypatch, fake_cuda_build):
+    monkeypatch.setattr(_native.STATE, "build_info",
+                        {"built_with_torch_cuda": "13.0", "cuda_compiler_version": "12.4.131"})
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.warns(_native.NativeLibraryWarning, match=r"built for CUDA 12\.4\.131 but this torch uses CUDA 13\.0"):
+        status = _native._load_one("cuda")
+    assert not status.loaded and "wheel of this CUDA major" in status.reason
+
+
+def test_info_prints_the_cuda_version_the_library_was_compiled_with(monkeypatch, capsys):
+    monkeypatch.setattr(_native.STATE, "build_info", {
+        "built_with_torch": "2.14.1", "built_with_torch_cuda": "13.0", "torch_stable_abi_target": "2.10",
+        "cuda_library": "ON", "cuda_compiler_version": "12.4.131", "cuda_archs": "75-real;90-real;90-virtual",
+        "cxx_compiler": "GNU 12.2.0"})
+    info.main([])
+    out = capsys.readouterr().out
+    assert ("build: against torch 2.14.1 (CUDA 13.0; stable ABI target 2.10), "
+            "CUDA 12.4.131 (archs 75-real;90-real;90-virtual), GNU 12.2.0") in out
+
+
 def test_cuda_library_that_fails_to_load_warns_instead_of_raising(monkeypatch, fake_cuda_build):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     with pytest.warns(_native.NativeLibraryWarning, match="reference fallback"):

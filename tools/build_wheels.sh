@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Release build: from a clean clone of HEAD, an sdist and ONE manylinux wheel that holds
-# libgmflow_cpu.so and libgmflow_cuda.so (CUDA 13), both stable-ABI libraries (target
-# torch 2.10) that load into any later torch. Usage:
-#   bash tools/build_wheels.sh [OUTDIR]          (default: dist/)
-# Needs: python3 (>= 3.10, with venv), git, a C++20 compiler and nvcc 13. The build venv
-# (torch 2.14.1, a CUDA 13 build, plus the build tools) is created in a temporary folder,
-# or reused from GMFLOW_BUILD_VENV when that names an existing venv.
+# Release build: from a clean clone of HEAD, an sdist and manylinux wheels that each hold
+# libgmflow_cpu.so and libgmflow_cuda.so, stable-ABI libraries (target torch 2.10) that load into
+# any later torch. Usage:
+#   bash tools/build_wheels.sh [--cuda VARIANTS] [OUTDIR]     (default: --cuda 13, dist/)
+# VARIANTS is a comma list of CUDA majors:
+#   13  gmflow-X.Y.Z-...whl       CUDA library built by the local nvcc 13, for CPU-only torch and
+#                                 CUDA 13 torch builds
+#   12  gmflow-X.Y.Z+cu12-...whl  the same with a CUDA 12 nvcc (PEP 440 local version "+cu12"),
+#                                 for CUDA 12 torch builds
+# Needs: python3 (>= 3.10, with venv), git, a C++20 compiler; nvcc 13 on PATH for 13. For 12 the
+# toolkit is GMFLOW_CUDA12_ROOT when that names one (bin/nvcc of CUDA 12.x), else one assembled
+# by tools/cuda12_toolkit.sh (Debian's and PyPI's packages) in ~/.cache/gmflow/cuda12-toolkit,
+# or in GMFLOW_CUDA12_CACHE. The build venv (torch 2.14.1, a CUDA 13 build, plus the build tools)
+# is created in a temporary folder, or reused from GMFLOW_BUILD_VENV when that names an existing
+# venv. Both variants compile against that torch's headers: the libraries link only torch's
+# stable C shim, so the CUDA 12 one serves CUDA 12 torch builds all the same.
 # Environment: GMFLOW_CUDA_ARCHS overrides the README's arch list (quick local builds only);
 # CMAKE_BUILD_PARALLEL_LEVEL sets the build's jobs (default: all cores).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VARIANTS=13
+if [[ "${1:-}" == --cuda ]]; then
+  VARIANTS=${2:?--cuda needs a value, e.g. 13 or 13,12}
+  shift 2
+fi
+IFS=, read -ra VARIANTS <<< "$VARIANTS"
+for variant in "${VARIANTS[@]}"; do
+  [[ "$variant" == 12 || "$variant" == 13 ]] || { echo "unknown CUDA variant '$variant' (13 or 12)"; exit 2; }
+done
 OUTDIR=$(mkdir -p "${1:-$ROOT/dist}" && cd "${1:-$ROOT/dist}" && pwd)
 PYTHON=${PYTHON:-python3}
 BUILD_TORCH="torch==2.14.1"      # a CUDA 13.0 build; the libraries still target the 2.10 stable ABI
@@ -47,29 +65,60 @@ log "sdist"
   || { cat "$WORK/sdist.log"; exit 1; }
 SDIST=$(ls "$WORK"/sdist/gmflow-*.tar.gz)
 
-log "wheel from the sdist (CUDA archs: ${GMFLOW_CUDA_ARCHS:-default list})"
-# Built from the unpacked sdist, so a file missing from the sdist breaks this build, not a user's.
-tar -xzf "$SDIST" -C "$WORK"
-start=$SECONDS
-GMFLOW_CUDA=ON SKBUILD_BUILD_DIR="$WORK/build" \
-  "$VENV/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/raw" "$WORK/$(basename "$SDIST" .tar.gz)"
-echo "native build took $((SECONDS - start)) s"
-RAW=$(ls "$WORK"/raw/gmflow-*.whl)
-for lib in cpu cuda; do
-  unzip -l "$RAW" | grep "gmflow/libgmflow_$lib.so" > /dev/null || { echo "libgmflow_$lib.so missing from $RAW"; exit 1; }
-done
+# One wheel per CUDA variant, each from its own copy of the unpacked sdist, repaired and checked.
+WHEELS=()
+build_wheel() {
+  local variant=$1
+  local src="$WORK/cu$variant/src" out="$WORK/cu$variant"
+  local build_env=(GMFLOW_CUDA=ON SKBUILD_BUILD_DIR="$out/build")
+  log "wheel for CUDA $variant from the sdist (CUDA archs: ${GMFLOW_CUDA_ARCHS:-default list})"
+  # Built from the unpacked sdist, so a file missing from the sdist breaks this build, not a user's.
+  mkdir -p "$src"
+  tar -xzf "$SDIST" -C "$src" --strip-components=1
+  if [[ "$variant" == 12 ]]; then
+    local toolkit=${GMFLOW_CUDA12_ROOT:-}
+    if [[ -z "$toolkit" ]]; then
+      toolkit=${GMFLOW_CUDA12_CACHE:-$HOME/.cache/gmflow/cuda12-toolkit}
+      PYTHON="$VENV/bin/python" bash "$WORK/src/tools/cuda12_toolkit.sh" "$toolkit"
+    fi
+    local release
+    release=$("$toolkit/bin/nvcc" --version)
+    [[ "$release" == *"release 12."* ]] || { echo "$toolkit/bin/nvcc is not CUDA 12: $release"; exit 1; }
+    # The same release with the PEP 440 local version "+cu12"; pip ranks it above the plain one.
+    sed -i -E 's/^version = "([^"+]+)"$/version = "\1+cu12"/' "$src/pyproject.toml"
+    grep -E '^version = "[^"]+\+cu12"$' "$src/pyproject.toml" || { echo "could not set the +cu12 version"; exit 1; }
+    build_env+=(CUDACXX="$toolkit/bin/nvcc" CUDAToolkit_ROOT="$toolkit" GMFLOW_CUDA_ANY_TORCH_CUDA=ON)
+  fi
+  local start=$SECONDS
+  env "${build_env[@]}" \
+    "$VENV/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$out/raw" "$src"
+  echo "native build took $((SECONDS - start)) s"
+  local raw
+  raw=$(ls "$out"/raw/gmflow-*.whl)
+  for lib in cpu cuda; do
+    unzip -l "$raw" | grep "gmflow/libgmflow_$lib.so" > /dev/null || { echo "libgmflow_$lib.so missing from $raw"; exit 1; }
+  done
+  unzip -p "$raw" gmflow/_build_info.json > "$out/build_info.json"
+  "$VENV/bin/python" - "$out/build_info.json" "$variant" <<'EOF'
+import json, sys
+info, variant = json.load(open(sys.argv[1])), sys.argv[2]
+cuda = info["cuda_compiler_version"]
+assert cuda.split(".")[0] == variant, f"CUDA library built by nvcc {cuda}, not CUDA {variant}"
+print(f"CUDA library: nvcc {cuda}, archs {info['cuda_archs']}; gmflow {info['gmflow_version']}")
+EOF
 
-log "auditwheel repair (torch and the CUDA runtime excluded)"
-excludes=()
-for lib in "${EXTERNAL_LIBS[@]}"; do excludes+=(--exclude "$lib"); done
-PATH="$VENV/bin:$PATH" "$VENV/bin/auditwheel" repair "${excludes[@]}" -w "$WORK/repaired" "$RAW"
-WHEEL=$(ls "$WORK"/repaired/gmflow-*.whl)
-"$VENV/bin/auditwheel" show "$WHEEL"
-# `auditwheel show` has no --exclude: it names torch's and the CUDA runtime's libraries as ones to
-# eliminate. Compliant here means: under the wheel's own tag, nothing else is external and no
-# symbol is too new or blacklisted.
-"$VENV/bin/auditwheel" show --json "$WHEEL" > "$WORK/show.json"
-"$VENV/bin/python" - "$WHEEL" "$WORK/show.json" "${EXTERNAL_LIBS[@]}" <<'EOF'
+  log "auditwheel repair (torch and the CUDA runtime excluded)"
+  local excludes=()
+  for lib in "${EXTERNAL_LIBS[@]}"; do excludes+=(--exclude "$lib"); done
+  PATH="$VENV/bin:$PATH" "$VENV/bin/auditwheel" repair "${excludes[@]}" -w "$out/repaired" "$raw"
+  local wheel
+  wheel=$(ls "$out"/repaired/gmflow-*.whl)
+  "$VENV/bin/auditwheel" show "$wheel"
+  # `auditwheel show` has no --exclude: it names torch's and the CUDA runtime's libraries as ones to
+  # eliminate. Compliant here means: under the wheel's own tag, nothing else is external and no
+  # symbol is too new or blacklisted.
+  "$VENV/bin/auditwheel" show --json "$wheel" > "$out/show.json"
+  "$VENV/bin/python" - "$wheel" "$out/show.json" "${EXTERNAL_LIBS[@]}" <<'EOF'
 import fnmatch, json, re, sys
 wheel, report, patterns = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3:]
 tag = re.search(r"-(manylinux_\d+_\d+_x86_64)\.whl$", wheel)
@@ -82,13 +131,21 @@ others = [lib for lib in upgrade.get("libs_to_eliminate", []) if not any(fnmatch
 assert not others, f"external libraries besides torch and the CUDA runtime: {others}"
 print(f"auditwheel: {tag} compliant; external by design: {', '.join(upgrade.get('libs_to_eliminate', []))}")
 EOF
-bundled=$(unzip -Z1 "$WHEEL" | grep -E '\.libs/' || true)
-[[ -z "$bundled" ]] || { echo "auditwheel bundled libraries (should be none): $bundled"; exit 1; }
+  local bundled
+  bundled=$(unzip -Z1 "$wheel" | grep -E '\.libs/' || true)
+  [[ -z "$bundled" ]] || { echo "auditwheel bundled libraries (should be none): $bundled"; exit 1; }
+  if (($(stat -c %s "$wheel") >= 60000000)); then echo "$wheel is larger than 60 MB"; exit 1; fi
+  cp "$wheel" "$OUTDIR/"
+  WHEELS+=("$OUTDIR/$(basename "$wheel")")
+}
 
-cp "$SDIST" "$WHEEL" "$OUTDIR/"
-size=$(stat -c %s "$WHEEL")
+for variant in "${VARIANTS[@]}"; do
+  build_wheel "$variant"
+done
+cp "$SDIST" "$OUTDIR/"
 log "done"
 echo "sdist: $OUTDIR/$(basename "$SDIST")"
-echo "wheel: $OUTDIR/$(basename "$WHEEL")  ($(awk "BEGIN { printf \"%.1f\", $size / 1e6 }") MB)"
-unzip -l "$WHEEL" | grep -E '\.so|_build_info'
-if ((size >= 60000000)); then echo "wheel is larger than 60 MB"; exit 1; fi
+for wheel in "${WHEELS[@]}"; do
+  echo "wheel: $wheel  ($(awk "BEGIN { printf \"%.1f\", $(stat -c %s "$wheel") / 1e6 }") MB)"
+  unzip -l "$wheel" | grep -E '\.so|_build_info'
+done

@@ -78,6 +78,11 @@ def _major(version: str) -> str:
     return version.split(".")[0] if version else ""
 
 
+def built_cuda_version(build_info: dict) -> str:
+    """The CUDA version the CUDA library was compiled with (nvcc's; older builds recorded only torch's)."""
+    return build_info.get("cuda_compiler_version") or build_info.get("built_with_torch_cuda", "")
+
+
 def load() -> NativeState:
     """Loads whatever native libraries apply to this torch; idempotent."""
     if STATE.libraries:
@@ -108,11 +113,13 @@ def _load_one(name: str) -> LibraryStatus:
         )
         return status
     status.path = str(path)
-    built_cuda = STATE.build_info.get("built_with_torch_cuda", "")
+    # The CUDA runtime the library links (libcudart.so.<major>) is nvcc's, not the build torch's.
+    built_cuda = built_cuda_version(STATE.build_info)
     if name == "cuda" and _major(built_cuda) != _major(torch.version.cuda or ""):
         status.reason = (
             f"built for CUDA {built_cuda} but this torch uses CUDA {torch.version.cuda}; "
-            "build gmflow from source against this torch for native CUDA kernels"
+            "install the gmflow wheel of this CUDA major (see the README's Install section) or build "
+            "gmflow from source against this torch for native CUDA kernels"
         )
         _warn_not_loaded(path, name, status.reason)
         return status

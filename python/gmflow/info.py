@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {info['torch']}  CUDA: {info['torch_cuda'] or 'none'}  GPU available: {info['cuda_available']}")
     build = info["build"]
     if build:
+        cuda = (f"CUDA {_native.built_cuda_version(build)} (archs {build.get('cuda_archs') or '-'})"
+                if build.get("cuda_library") == "ON" else "no CUDA library")
         print(
-            f"build: against torch {build.get('built_with_torch')} (stable ABI target "
-            f"{build.get('torch_stable_abi_target')}), CUDA {build.get('built_with_torch_cuda') or 'none'}, "
-            f"archs {build.get('cuda_archs') or '-'}, {build.get('cxx_compiler')}"
+            f"build: against torch {build.get('built_with_torch')} (CUDA {build.get('built_with_torch_cuda') or 'none'}"
+            f"; stable ABI target {build.get('torch_stable_abi_target')}), {cuda}, {build.get('cxx_compiler')}"
         )
     else:
         print("build: no build information (pure-Python install)")
