@@ -87,7 +87,10 @@ build_wheel() {
     # The same release with the PEP 440 local version "+cu12"; pip ranks it above the plain one.
     sed -i -E 's/^version = "([^"+]+)"$/version = "\1+cu12"/' "$src/pyproject.toml"
     grep -E '^version = "[^"]+\+cu12"$' "$src/pyproject.toml" || { echo "could not set the +cu12 version"; exit 1; }
-    build_env+=(CUDACXX="$toolkit/bin/nvcc" CUDAToolkit_ROOT="$toolkit" GMFLOW_CUDA_ANY_TORCH_CUDA=ON)
+    # -cudart shared: what gmflow links anyway, and CMake's compiler check then needs no
+    # libcudart_static.a (the assembled toolkit has the shared runtime only).
+    build_env+=(CUDACXX="$toolkit/bin/nvcc" CUDAToolkit_ROOT="$toolkit" GMFLOW_CUDA_ANY_TORCH_CUDA=ON
+                CUDAFLAGS="${CUDAFLAGS:+$CUDAFLAGS }-cudart shared")
   fi
   local start=$SECONDS
   env "${build_env[@]}" \
