@@ -64,7 +64,7 @@ def main() -> None:
         built = _native.built_cuda_version(build)
         assert built.split(".")[0] == args.built_cuda, f"CUDA library built with CUDA {built}"
         local = "" if args.built_cuda == "13" else f"+cu{args.built_cuda}"
-        assert gmflow.__version__.endswith(local) and gmflow.__version__.count("+") == bool(local), gmflow.__version__
+        assert gmflow.__version__.endswith(local) and ("+" in gmflow.__version__) == bool(local), gmflow.__version__
         from gmflow import info
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
