@@ -322,10 +322,18 @@ def test_budget_sweep_table_and_plot(tmp_path):
         x = DATA.sample(1500, torch.Generator().manual_seed(iters))
         rows = [{"solver": s, "nfe": n, **sample_metrics(x + blur * n ** -0.5 * torch.randn(1500, 2))}
                 for s, n in sweep.COMPARED]
-        checks = [{"check": "a", "passed": True}, {"check": "b", "passed": iters > 100}]
+        checks = [{"check": "a", "gmflow": 0.9, "baseline": 0.8, "passed": True},
+                  {"check": "b", "gmflow": iters / 1000, "baseline": 0.15, "passed": iters > 100}]
         records[iters] = {"results": rows, "acceptance": checks, "exact_data": sample_metrics(x),
                           "timings": {"train_s": iters / 10, "sampling_s": 1.0, "total_s": iters / 10 + 1}}
+    # a run that reused its checkpoints is charged the training time they recorded
+    records[400]["timings"] = {"train_s": 2.0, "sampling_s": 1.0, "total_s": 4.0}
+    records[400]["train_history"] = {"a": [{"seconds": 30.0}, {"seconds": 70.0}], "b": [{"seconds": 65.0}]}
+    assert sweep.wall_times(records[400]) == (70.0, 1.0, 72.0)
     table = sweep.sweep_table(records)
     assert "| 100 | gm-ode2@4 |" in table and "| 400 | exact-data sample | 1.0000 |" in table
-    assert "| 100 | 1 / 2 | b |" in table and "| 400 | 2 / 2 | none |" in table
+    assert "| 100 | 1 / 2 | b | 10 | 1 | 11 |" in table and "| 400 | 2 / 2 | none | 70 | 1 | 72 |" in table
+    # the check-by-budget matrix
+    assert "| check | 100 it | 200 it | 400 it |" in table
+    assert "| b | **FAIL** 0.1000 vs 0.1500 | pass 0.2000 vs 0.1500 | pass 0.4000 vs 0.1500 |" in table
     _decoded_png(sweep.plot_sweep(tmp_path / "sweep.png", records), min_size=(600, 200))
