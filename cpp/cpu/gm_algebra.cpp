@@ -542,8 +542,13 @@ GMFLOW_ALWAYS_INLINE void ode_logit(const OdeGm<A>& g, const OdeStep<A>& st, int
 #pragma omp simd
     for (int64_t v = 0; v < kLanes; ++v) q[v] += mu[v] * nu[v];
   }
+  if (g.per_component) {
 #pragma omp simd
-  for (int64_t v = 0; v < kLanes; ++v) logit[v] = lw[v] + q[v] * inv[v] + extra[v];
+    for (int64_t v = 0; v < kLanes; ++v) logit[v] = lw[v] + q[v] * inv[v] + extra[v];
+  } else {  // the shared std's terms are the same for every k: no effect on the softmax
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) logit[v] = lw[v] + q[v] * inv[v];
+  }
 }
 
 // Posterior mean x0 [C][kLanes] = sum_k softmax(logit)_k (var_k nu + mu_k) / den_k, two passes over K
@@ -566,15 +571,22 @@ GMFLOW_ALWAYS_INLINE void ode_posterior_mean(const OdeGm<A>& g, const OdeStep<A>
   for (int64_t i = 0; i < g.C * kLanes; ++i) x0[i] = A(0);
   for (int64_t k = 0; k < g.K; ++k) {
     const A* logit = logits + k * kLanes;
-    const int64_t kk = g.per_component ? k : 0;
-    const A* inv = st.inv + kk * kLanes;
-    const A* var = g.var + kk * kLanes;
+    if (g.per_component) {
+      const A* inv = st.inv + k * kLanes;
+      const A* var = g.var + k * kLanes;
 #pragma omp simd
-    for (int64_t v = 0; v < kLanes; ++v) {
-      const A e = fast_exp(logit[v] - max_value[v]);
-      sum[v] += e;
-      w[v] = g.per_component ? e * inv[v] : e;  // a shared 1 / den is applied once, below
-      w_var[v] += w[v] * var[v];
+      for (int64_t v = 0; v < kLanes; ++v) {
+        const A e = fast_exp(logit[v] - max_value[v]);
+        sum[v] += e;
+        w[v] = e * inv[v];
+        w_var[v] += w[v] * var[v];
+      }
+    } else {  // a shared var / den is applied once, below
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        w[v] = fast_exp(logit[v] - max_value[v]);
+        sum[v] += w[v];
+      }
     }
     for (int64_t c = 0; c < g.C; ++c) {
       const A* mu = g.mu + (k * g.C + c) * kLanes;
@@ -584,6 +596,10 @@ GMFLOW_ALWAYS_INLINE void ode_posterior_mean(const OdeGm<A>& g, const OdeStep<A>
     }
   }
   const A* inv0 = st.inv;
+  if (!g.per_component) {
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) w_var[v] = g.var[v] * sum[v];
+  }
   for (int64_t c = 0; c < g.C; ++c) {
     A* a = x0 + c * kLanes;
     const A* nu = st.nu + c * kLanes;

@@ -37,7 +37,8 @@ backward_op = define(
 
 def _substep_sigmas(sigmas: Tensor, j: int, x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """``(sigma_src, sigma_j, ratio_j)`` of sub-step j, each broadcasting against ``x (..., C, H, W)``."""
-    s_src, s_j, s_next = (pm._sigma_like(sigmas[i], x) for i in (0, j, j + 1))
+    lead = (None,) * max(x.dim() - 3 - sigmas.dim() + 1, 0)  # batch dims x has and the sigmas lack
+    s_src, s_j, s_next = (sigmas[i][(*lead, ..., None, None, None)] for i in (0, j, j + 1))
     return s_src, s_j, s_next / torch.clamp_min(s_j, eps)
 
 
