@@ -73,8 +73,8 @@ def main(argv=None) -> int:
             row["speedup"] = row["seconds"]["loop"] / row["seconds"]["fused"]
         rows.append(row)
         line = "  ".join(f"{p} {s:7.2f} s" for p, s in row["seconds"].items())
-        print(f"NFE {nfe:<2} (S={row['substeps']:<3})  {line}" + (f"  x {row['speedup']:.1f}" if "speedup" in row else ""),
-              flush=True)
+        ratio = f"  x {row['speedup']:.1f}" if "speedup" in row else ""
+        print(f"NFE {nfe:<2} (S={row['substeps']:<3})  {line}{ratio}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
     return 0

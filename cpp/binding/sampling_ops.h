@@ -310,7 +310,8 @@ struct OdePlan {
 };
 
 template <class Backend>
-Tensor gm_ode_euler_substeps(Tensor means, Tensor logstds, Tensor logweights, Tensor x_src, Tensor sigmas, double eps) {
+Tensor gm_ode_euler_substeps(Tensor means, Tensor logstds, Tensor logweights, Tensor x_src, Tensor sigmas,
+                             double eps) {
   constexpr const char* op = "gm_ode_euler_substeps";
   const OdePlan plan(op, means, logstds, logweights, x_src, sigmas);
   check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
@@ -329,8 +330,8 @@ Tensor gm_ode_euler_substeps(Tensor means, Tensor logstds, Tensor logweights, Te
 // The backward recomputes the forward pass (no saved output).
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor> gm_ode_euler_substeps_backward(Tensor grad, Tensor means, Tensor logstds,
-                                                            Tensor logweights, Tensor x_src, Tensor sigmas, double eps,
-                                                            std::vector<bool> output_mask) {
+                                                                  Tensor logweights, Tensor x_src, Tensor sigmas,
+                                                                  double eps, std::vector<bool> output_mask) {
   constexpr const char* op = "gm_ode_euler_substeps_backward";
   const OdePlan plan(op, means, logstds, logweights, x_src, sigmas);
   check_mask(op, output_mask, 3);

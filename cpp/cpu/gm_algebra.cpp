@@ -711,7 +711,8 @@ GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t be
 // dL/dx_j = r g + c_tgt (sum_k pi_k var_k / den_k h + sum_k pi_k d_k (mu'_k - x0)), d_k = h . (mu'_k - x0)
 // (d logit_k / d nu = mu'_k up to a term shared by all k).
 template <typename T>
-GMFLOW_FLATTEN void ode_backward_range(const GmOdeEulerSubstepsBackwardParams<T>& prm, int64_t begin, int64_t end) {
+GMFLOW_FLATTEN void ode_backward_range(const GmOdeEulerSubstepsBackwardParams<T>& prm, int64_t begin,
+                                       int64_t end) {
   using A = acc_t<T>;
   const GmOdeEulerSubstepsParams<T>& fwd = prm.fwd;
   const int64_t K = fwd.gm.K, C = fwd.gm.C, P = fwd.gm.P, S = fwd.S, Kl = fwd.gm.logstds_k;
