@@ -191,6 +191,61 @@ def build_sampling_cases(shape, device) -> list[Case]:
     return cases
 
 
+ODE_SUBSTEPS = 16
+
+
+def substep_rows(device: str, shapes: list[str], min_time: float, warmup: int) -> list[dict]:
+    """gm_ode_euler_substeps at S = 16 against the loop it replaces in gmflow_sample: 16 native gm_posterior_mean
+    calls (the first at x = x_src: the GM mean), each followed by the Euler update as one native lerp."""
+    G = torch.ops.gmflow
+    rows = []
+    for shape_name in shapes:
+        B, K, C, H, W = shape = SHAPES[shape_name]
+        means, logstds, logweights, _ = make_inputs(shape, device)
+        x_src = torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(2)).to(device)
+        grid = [0.8 - 0.5 * j / ODE_SUBSTEPS for j in range(ODE_SUBSTEPS + 1)]
+        sigmas = torch.tensor(grid, device=device)
+        batch_sigmas = [torch.full((B,), s, device=device) for s in grid]
+
+        def fused():
+            return G.gm_ode_euler_substeps(means, logstds, logweights, x_src, sigmas)
+
+        def separate():
+            x = x_src
+            for j in range(ODE_SUBSTEPS):
+                x0 = G.gm_posterior_mean(means, logstds, logweights, x_src, x, batch_sigmas[0], batch_sigmas[j])
+                x = torch.lerp(x0, x, grid[j + 1] / grid[j])  # x + (x - x0) / s (s' - s)
+            return x
+
+        torch.testing.assert_close(fused(), separate(), rtol=1e-5, atol=1e-5)
+        # Alternating calls, so both see the same machine load; the median and the fastest call of each.
+        samples = {"fused": [], "separate": []}
+        for fn in (fused, separate, fused, separate):
+            fn()
+        start = time.perf_counter()
+        while len(samples["fused"]) < 5 or time.perf_counter() - start < 2 * min_time:
+            for name, fn in (("fused", fused), ("separate", separate)):
+                synchronize(device)
+                t0 = time.perf_counter()
+                fn()
+                synchronize(device)
+                samples[name].append(time.perf_counter() - t0)
+        median = {k: statistics.median(v) for k, v in samples.items()}
+        best = {k: min(v) for k, v in samples.items()}
+        bytes_moved = nbytes(means, logstds, logweights) + 2 * nbytes(x_src)
+        row = {"shape": shape_name, "BKCHW": list(shape), "op": "gm_ode_euler_substeps", "S": ODE_SUBSTEPS,
+               "ms": {k: v * 1e3 for k, v in median.items()}, "best_ms": {k: v * 1e3 for k, v in best.items()},
+               "speedup_vs_separate": median["separate"] / median["fused"],
+               "best_speedup_vs_separate": best["separate"] / best["fused"], "bytes": bytes_moved,
+               "fraction_of_memcpy": memcpy_time(bytes_moved // 2, device, min_time) / median["fused"]}
+        rows.append(row)
+        print(f"{shape_name:<16} gm_ode_euler_substeps  S={ODE_SUBSTEPS:<3} median: fused {row['ms']['fused']:>8.3f} ms "
+              f"separate {row['ms']['separate']:>8.3f} ms x {row['speedup_vs_separate']:>4.1f}; fastest: "
+              f"{row['best_ms']['fused']:>8.3f} / {row['best_ms']['separate']:>8.3f} ms x "
+              f"{row['best_speedup_vs_separate']:>4.1f}; memcpy {100 * row['fraction_of_memcpy']:>3.0f}%", flush=True)
+    return rows
+
+
 def synchronize(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -363,6 +418,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (minutes of compiling)")
     parser.add_argument("--quick", action="store_true", help="short smoke run without the compile baseline (CI)")
+    parser.add_argument("--substeps-only", action="store_true",
+                        help="only the fused GM-ODE sub-step rows (gm_ode_euler_substeps vs the per-sub-step loop)")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<machine>/bench_ops.json)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -374,8 +431,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     print(f"gmflow {gmflow.__version__}, torch {torch.__version__}, device {machine_name(args.device)}, "
           f"{torch.get_num_threads()} threads")
+    if args.substeps_only:
+        rows = substep_rows(args.device, args.shapes, args.min_time, args.warmup)
+        print(json.dumps(rows) if args.out is None else f"wrote {args.out}")
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=2))
+        return 0
     print(HEADER)
     results = run(args.device, args.shapes, args.min_time, args.warmup, with_compile=not args.no_compile)
+    results["substep_rows"] = substep_rows(args.device, args.shapes, args.min_time, args.warmup)
     out = args.out or Path(__file__).parent / "results" / results["machine"] / "bench_ops.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

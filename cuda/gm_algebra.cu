@@ -223,6 +223,242 @@ __global__ void __launch_bounds__(kThreads) posterior_backward_kernel(const GmPo
   }
 }
 
+// ------------------------------------------------------------------ gm_ode_euler_substeps
+
+// One item of gm_ode_euler_substeps: the state and source live in arrays of kC >= C values (registers
+// for kC = kRegisterChannels); the GM is re-read from the cache at every sub-step.
+template <typename T, int kC>
+struct OdeItem {
+  using A = acc_t<T>;
+  const T *mu, *ls, *lw;
+  const acc_t<T>* sig;
+  int64_t means_sk, means_sc, ls_sk, lw_sk, sig_sj, K, C, S;
+  bool per_component;
+  A eps;
+  A x_src[kC];
+
+  __device__ __forceinline__ A mean(int64_t k, int c) const { return load_acc(mu + k * means_sk + c * means_sc); }
+
+  // Coefficients of sub-step j at the state x; nu = c_tgt x - c_src x_src and sq = |nu|^2.
+  __device__ __forceinline__ OdeSubstep<A> setup(int64_t j, const A (&x)[kC], A (&nu)[kC], A& sq) const {
+    const OdeSubstep<A> o = ode_substep(A(sig[0]), A(sig[j * sig_sj]), A(sig[(j + 1) * sig_sj]), eps);
+    sq = A(0);
+#pragma unroll
+    for (int c = 0; c < kC; ++c)
+      if (c < C) {
+        nu[c] = o.c_tgt * x[c] - o.c_src * x_src[c];
+        sq += nu[c] * nu[c];
+      }
+    return o;
+  }
+
+  // Logit of component k and its pieces (var, den, 1 / den, d den / d var, Q = sum_c mu (nu - zeta mu / 2)).
+  __device__ __forceinline__ A logit(int64_t k, A zeta, const A (&nu)[kC], A sq, A& var, A& inv, A& dden,
+                                     A& q) const {
+    var = fast_exp(A(2) * A(load_acc(ls + (per_component ? k * ls_sk : 0))));
+    const A raw = var * zeta + A(1);
+    const A den = clamp_min(raw, eps);
+    inv = A(1) / den;
+    dden = raw > eps ? zeta : A(0);
+    q = A(0);
+#pragma unroll
+    for (int c = 0; c < kC; ++c)
+      if (c < C) {
+        const A m = mean(k, c);
+        q += m * (nu[c] - A(0.5) * zeta * m);
+      }
+    A l = A(load_acc(lw + k * lw_sk)) + q * inv;
+    if (per_component) l += A(0.5) * var * sq * inv - A(0.5) * A(C) * fast_log(den);
+    return l;
+  }
+
+  // Posterior mean x0 at nu (one online-softmax pass over K); returns its log normaliser.
+  __device__ __forceinline__ A posterior(A zeta, const A (&nu)[kC], A sq, A (&x0)[kC]) const {
+    A max_value = neg_infinity<A>(), sum = A(0), w_var = A(0), var, inv, dden, q;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) x0[c] = A(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const A l = logit(k, zeta, nu, sq, var, inv, dden, q);
+      if (l == neg_infinity<A>()) continue;  // zero weight
+      A e = A(1);
+      if (l <= max_value) {
+        e = fast_exp(l - max_value);
+      } else {  // also taken for NaN, which then propagates
+        const A scale = fast_exp(max_value - l);
+        sum *= scale;
+        w_var *= scale;
+#pragma unroll
+        for (int c = 0; c < kC; ++c) x0[c] *= scale;
+        max_value = l;
+      }
+      sum += e;
+      const A w = e * inv;
+      w_var += w * var;
+#pragma unroll
+      for (int c = 0; c < kC; ++c)
+        if (c < C) x0[c] += w * mean(k, c);
+    }
+#pragma unroll
+    for (int c = 0; c < kC; ++c)
+      if (c < C) x0[c] = (x0[c] + w_var * nu[c]) / sum;
+    return lse_result(max_value, sum);
+  }
+
+  // Runs sub-steps [0, end) from x_src into x.
+  __device__ __forceinline__ void advance(int64_t end, A (&x)[kC]) const {
+#pragma unroll
+    for (int c = 0; c < kC; ++c) x[c] = x_src[c];
+    A nu[kC], x0[kC], sq;
+    for (int64_t j = 0; j < end; ++j) {
+      const OdeSubstep<A> o = setup(j, x, nu, sq);
+      posterior(o.zeta, nu, sq, x0);
+#pragma unroll
+      for (int c = 0; c < kC; ++c)
+        if (c < C) x[c] = x0[c] + o.ratio * (x[c] - x0[c]);
+    }
+  }
+};
+
+template <typename T, int kC, typename Params>
+__device__ __forceinline__ OdeItem<T, kC> ode_item(const Params& prm, int64_t b, int64_t p) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  int64_t off[5];
+  prm.layout.offsets(b, off);
+  OdeItem<T, kC> it;
+  it.mu = gm.means + off[kMeans] + p;
+  it.ls = gm.logstds + off[kLogstds] + p * gm.logstds_sp;
+  it.lw = gm.logweights + off[kLogweights] + p;
+  it.sig = prm.sigmas + off[4];
+  it.means_sk = gm.means_sk;
+  it.means_sc = gm.means_sc;
+  it.ls_sk = gm.logstds_sk;
+  it.lw_sk = gm.logweights_sk;
+  it.sig_sj = prm.sigmas_sj;
+  it.K = gm.K;
+  it.C = gm.C;
+  it.S = prm.S;
+  it.per_component = gm.logstds_k != 1;
+  it.eps = A(prm.eps);
+  const T* xs = prm.x_src + off[3] + p;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) it.x_src[c] = c < gm.C ? A(load_acc(xs + c * prm.x_src_sc)) : A(0);
+  return it;
+}
+
+template <typename T, int kC>
+__global__ void __launch_bounds__(kThreads) ode_kernel(const GmOdeEulerSubstepsParams<T> prm) {
+  using A = acc_t<T>;
+  const int64_t C = prm.gm.C, P = prm.gm.P;
+  GMFLOW_GRID_STRIDE_LOOP(item, prm.gm.batch * P) {
+    const int64_t p = item % P, b = item / P;
+    const OdeItem<T, kC> it = ode_item<T, kC>(prm, b, p);
+    A x[kC];
+    it.advance(prm.S, x);
+    T* out = prm.out + b * C * P + p;
+#pragma unroll
+    for (int c = 0; c < kC; ++c)
+      if (c < C) store_acc(out + c * P, x[c]);
+  }
+}
+
+constexpr int kOdeMaxChannels = 64;     // channel bound of the CUDA sub-step kernels
+constexpr int kOdeSavedValues = 128;  // backward: states kept per thread when S C fits, else recomputed
+
+// Backward by recompute (see cpp/cpu/gm_algebra.cpp ode_backward_range for the formulas): the states
+// x_j of the forward pass are kept in a per-thread array when S C <= kOdeSavedValues, else each is
+// recomputed from x_src; the sub-steps are then reversed, the GM gradients accumulated in the outputs.
+template <typename T, int kC>
+__global__ void __launch_bounds__(kThreads) ode_backward_kernel(const GmOdeEulerSubstepsBackwardParams<T> prm) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.fwd.gm;
+  const int64_t K = gm.K, C = gm.C, P = gm.P, Kl = gm.logstds_k, S = prm.fwd.S;
+  const bool per_component = Kl != 1;
+  const bool keep = S * C <= kOdeSavedValues;
+  GMFLOW_GRID_STRIDE_LOOP(item, gm.batch * P) {
+    const int64_t p = item % P, b = item / P;
+    const OdeItem<T, kC> it = ode_item<T, kC>(prm.fwd, b, p);
+    A saved[kOdeSavedValues];
+    A x[kC], nu[kC], x0[kC], g[kC], h[kC], gx[kC], sq;
+    if (keep) {
+#pragma unroll
+      for (int c = 0; c < kC; ++c) x[c] = it.x_src[c];
+      for (int64_t j = 0; j < S; ++j) {
+#pragma unroll
+        for (int c = 0; c < kC; ++c)
+          if (c < C) saved[j * C + c] = x[c];
+        const OdeSubstep<A> o = it.setup(j, x, nu, sq);
+        it.posterior(o.zeta, nu, sq, x0);
+#pragma unroll
+        for (int c = 0; c < kC; ++c)
+          if (c < C) x[c] = x0[c] + o.ratio * (x[c] - x0[c]);
+      }
+    }
+    const T* grad = prm.grad + b * C * P + p;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) g[c] = c < C ? A(load_acc(grad + c * P)) : A(0);
+    T* g_mu = prm.grad_means ? prm.grad_means + b * K * C * P + p : nullptr;
+    T* g_lw = prm.grad_logweights ? prm.grad_logweights + b * K * P + p : nullptr;
+    T* g_ls = prm.grad_logstds ? prm.grad_logstds + b * Kl * P + p : nullptr;
+    for (int64_t k = 0; k < K; ++k) {
+      if (g_lw) store_acc(g_lw + k * P, A(0));
+      if (g_mu)
+        for (int64_t c = 0; c < C; ++c) store_acc(g_mu + (k * C + c) * P, A(0));
+    }
+    if (g_ls)
+      for (int64_t k = 0; k < Kl; ++k) store_acc(g_ls + k * P, A(0));
+    for (int64_t j = S - 1; j >= 0; --j) {
+      if (keep) {
+#pragma unroll
+        for (int c = 0; c < kC; ++c) x[c] = c < C ? saved[j * C + c] : A(0);
+      } else {
+        it.advance(j, x);
+      }
+      const OdeSubstep<A> o = it.setup(j, x, nu, sq);
+      const A lse = it.posterior(o.zeta, nu, sq, x0);
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        h[c] = (A(1) - o.ratio) * g[c];
+        gx[c] = A(0);
+      }
+      A w_var = A(0);
+      for (int64_t k = 0; k < K; ++k) {
+        A var, inv, dden, q;
+        const A pi = responsibility(it.logit(k, o.zeta, nu, sq, var, inv, dden, q), lse);
+        A d = A(0), g_var = A(0);
+#pragma unroll
+        for (int c = 0; c < kC; ++c)
+          if (c < C) {
+            const A moved = (var * nu[c] + it.mean(k, c)) * inv;
+            d += h[c] * (moved - x0[c]);
+            g_var += h[c] * (nu[c] - moved * dden);
+          }
+        w_var += pi * var * inv;
+        if (g_lw) store_acc(g_lw + k * P, A(load_acc(g_lw + k * P)) + pi * d);
+#pragma unroll
+        for (int c = 0; c < kC; ++c)
+          if (c < C) {
+            const A m = it.mean(k, c);
+            gx[c] += pi * d * ((var * nu[c] + m) * inv - x0[c]);
+            if (g_mu) {
+              T* gm_kc = g_mu + (k * C + c) * P;
+              store_acc(gm_kc, A(load_acc(gm_kc)) + pi * (h[c] + d * (nu[c] - o.zeta * m)) * inv);
+            }
+          }
+        if (g_ls) {
+          A dlogit = -q * inv * dden * inv;
+          if (per_component)
+            dlogit += A(0.5) * sq * inv - A(0.5) * var * sq * dden * inv * inv - A(0.5) * A(C) * dden * inv;
+          T* gls_k = g_ls + (per_component ? k : 0) * P;
+          store_acc(gls_k, A(load_acc(gls_k)) + A(2) * var * pi * (g_var * inv + d * dlogit));
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kC; ++c) g[c] = o.ratio * g[c] + o.c_tgt * (w_var * h[c] + gx[c]);
+    }
+  }
+}
+
 // ------------------------------------------------------------------ gm_sample
 
 template <typename T>
@@ -280,10 +516,31 @@ const char* gm_sample(const GmSampleParams<T>& prm, void* stream) {
   return launch_grid(prm, prm.gm.batch * prm.N * prm.gm.P, sample_kernel<T>, stream);
 }
 
+// Channel counts above kOdeMaxChannels are refused (the CPU kernel has no bound).
+template <typename T>
+const char* gm_ode_euler_substeps(const GmOdeEulerSubstepsParams<T>& prm, void* stream) {
+  const int64_t items = prm.gm.batch * prm.gm.P;
+  if (prm.gm.C <= kRegisterChannels) return launch_grid(prm, items, ode_kernel<T, kRegisterChannels>, stream);
+  if (prm.gm.C <= kOdeMaxChannels) return launch_grid(prm, items, ode_kernel<T, kOdeMaxChannels>, stream);
+  return "gm_ode_euler_substeps(): the CUDA kernel supports at most 64 channels (C of 'means'); run it on the CPU";
+}
+
+template <typename T>
+const char* gm_ode_euler_substeps_backward(const GmOdeEulerSubstepsBackwardParams<T>& prm, void* stream) {
+  const int64_t items = prm.fwd.gm.batch * prm.fwd.gm.P;
+  if (prm.fwd.gm.C <= kRegisterChannels)
+    return launch_grid(prm, items, ode_backward_kernel<T, kRegisterChannels>, stream);
+  if (prm.fwd.gm.C <= kOdeMaxChannels) return launch_grid(prm, items, ode_backward_kernel<T, kOdeMaxChannels>, stream);
+  return "gm_ode_euler_substeps_backward(): the CUDA kernel supports at most 64 channels (C of 'means'); "
+         "run it on the CPU";
+}
+
 #define GMFLOW_INSTANTIATE(T)                                                                            \
   template const char* gm_mul_iso_gaussian<T>(const GmMulIsoGaussianParams<T>&, void*);                 \
   template const char* gm_posterior_mean<T>(const GmPosteriorMeanParams<T>&, void*);                    \
   template const char* gm_posterior_mean_backward<T>(const GmPosteriorMeanBackwardParams<T>&, void*);   \
+  template const char* gm_ode_euler_substeps<T>(const GmOdeEulerSubstepsParams<T>&, void*);                      \
+  template const char* gm_ode_euler_substeps_backward<T>(const GmOdeEulerSubstepsBackwardParams<T>&, void*);     \
   template const char* gm_sample<T>(const GmSampleParams<T>&, void*);
 
 GMFLOW_INSTANTIATE(float)

@@ -74,6 +74,10 @@ def valid_call(op: str, B=2, K=2, C=2, H=2, W=3, N=2, dtype=torch.float32, seed=
     m1, ls1, lw1 = rnd(B, K, H, W), rnd(B, 1, 1, 1, lo=-1.0, hi=0.0), rnd(B, K, H, W)
     gm1d = dict(means=m1, logstds=ls1, logweights=lw1)
     a = acc(dtype)
+
+    def ode_sigmas():  # (S+1, B): three sub-steps from about 0.8 to 0
+        return rnd(B, dt=a, lo=0.6, hi=0.9) * torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=a)[:, None]
+
     calls = {
         "gm_logprob": lambda: dict(**gm, samples=rnd(B, N, C, H, W)),
         "gm_logprob_backward": lambda: dict(grad=rnd(B, N, H, W), **gm, samples=rnd(B, N, C, H, W),
@@ -92,6 +96,9 @@ def valid_call(op: str, B=2, K=2, C=2, H=2, W=3, N=2, dtype=torch.float32, seed=
                                                    x_tgt=rnd(B, C, H, W), sigma_src=rnd(B, dt=a, lo=0.6, hi=0.9),
                                                    sigma_tgt=rnd(B, dt=a, lo=0.1, hi=0.5), mean=rnd(B, C, H, W),
                                                    eps=1e-6, output_mask=[True] * 3),
+        "gm_ode_euler_substeps": lambda: dict(**gm, x_src=rnd(B, C, H, W), sigmas=ode_sigmas(), eps=1e-6),
+        "gm_ode_euler_substeps_backward": lambda: dict(grad=rnd(B, C, H, W), **gm, x_src=rnd(B, C, H, W),
+                                                 sigmas=ode_sigmas(), eps=1e-6, output_mask=[True] * 3),
         "gm1d_inverse_cdf": lambda: dict(**gm1d, scaled_cdfs=rnd(B, N, H, W, lo=-0.9, hi=0.9),
                                          gaussian_samples=rnd(B, N, H, W), n_steps=8, eps=1e-6, max_step_size=1.5),
         "gm1d_inverse_cdf_backward": lambda: dict(grad=rnd(B, N, H, W), **gm1d,

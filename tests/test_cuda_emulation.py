@@ -139,6 +139,23 @@ def _posterior_backward(case, data):
     return (_grad_like(out, case.seed), *args[:-1], out, 1e-6, _mask(data, 3))
 
 
+def _ode_euler_substeps(case, data):
+    means, logstds, logweights, _ = case.tensors()
+    x_src = _extra(case, "samples", (case.C, case.H, case.W), 3)
+    S = data.draw(st.integers(1, 6), label="S")
+    final = data.draw(st.sampled_from([0.0, 0.05]), label="final_sigma")
+    s_src = _extra(case, "logstds", (), 5, kind="uniform", low=0.3, high=0.95, dtype=torch.float64)
+    frac = torch.linspace(1.0, 0.0, S + 1, dtype=torch.float64).reshape(S + 1, *([1] * s_src.dim()))
+    sigmas = (final + (s_src - final) * frac).to(_acc(case.dtype))
+    return means, logstds, logweights, x_src, sigmas, 1e-6
+
+
+def _ode_euler_substeps_backward(case, data):
+    args = _ode_euler_substeps(case, data)
+    out = torch.ops.gmflow.gm_ode_euler_substeps(*args)
+    return (_grad_like(out, case.seed), *args, _mask(data, 3))
+
+
 def _gm1d(case, data):
     means, _, logweights, samples = case.tensors()
     logstds = _extra(case, "logstds", (1, 1, 1), 7, kind="uniform", low=-1.5, high=0.3)
@@ -208,6 +225,8 @@ OPS: dict[str, OpSpec] = {
     "gm_mul_iso_gaussian": OpSpec(_mul_iso, factor=4.0),
     "gm_posterior_mean": OpSpec(_posterior, {"max_k": 33}, factor=4.0),
     "gm_posterior_mean_backward": OpSpec(_posterior_backward, {"max_k": 33}, factor=8.0),
+    "gm_ode_euler_substeps": OpSpec(_ode_euler_substeps, {"max_k": 33}, factor=8.0),
+    "gm_ode_euler_substeps_backward": OpSpec(_ode_euler_substeps_backward, {"max_k": 33}, factor=16.0),
     # Unconverged float Newton steps divide erf rounding differences by the pdf: the float
     # suites compare converged (or zero-step) solves, as the reference suite does.
     "gm1d_inverse_cdf": OpSpec(_gm1d, _SHARED, factor=5.0,

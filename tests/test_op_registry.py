@@ -100,6 +100,7 @@ def _wrapper_call(name):
         "gm_to_iso_gaussian": lambda gm: ops.gm_to_iso_gaussian(gm),
         "gm_mul_iso_gaussian": lambda gm: ops.gm_mul_iso_gaussian(gm, gmflow.IsoGaussian(x, torch.ones(2, 1, 1, 1))),
         "gm_posterior_mean": lambda gm: ops.gm_posterior_mean(gm, x, x.flip(-1), t_src=700.0, t_tgt=400.0),
+        "gm_ode_euler_substeps": lambda gm: ops.gm_ode_euler_substeps(gm, x, sigmas=torch.tensor([0.7, 0.4, 0.0])),
         "gm1d_inverse_cdf": lambda gm: ops.gm1d_inverse_cdf(
             gmflow.GaussianMixture1D(gm.means[:, :, 0], gm.logstds[:, 0], gm.logweights[:, :, 0]),
             torch.tanh(samples[:, :, 0])),

@@ -1,6 +1,6 @@
 // Op bodies of the sampling-path ops, shared by the CPU and CUDA registrations:
-// gm_mul_iso_gaussian, gm_posterior_mean (+ backward), gm1d_inverse_cdf (+ backward),
-// gm_kr_inverse, gm_kr_forward, gm_sample. Same pattern as gm_ops.h: validate (messages
+// gm_mul_iso_gaussian, gm_posterior_mean (+ backward), gm_ode_euler_substeps (+ backward),
+// gm1d_inverse_cdf (+ backward), gm_kr_inverse, gm_kr_forward, gm_sample. Same pattern as gm_ops.h: validate (messages
 // mirrored by gmflow/_validation.py), lay out the broadcast operands, allocate contiguous
 // outputs, launch through Backend, reduce broadcast gradients.
 //
@@ -246,6 +246,117 @@ std::tuple<Tensor, Tensor, Tensor> gm_posterior_mean_backward(Tensor grad, Tenso
         p.fwd = plan.template params<T>(op, eps);
         p.grad = grad_p;
         p.mean = mean_p;
+        p.grad_means = out[0];
+        p.grad_logstds = out[1];
+        p.grad_logweights = out[2];
+        return p;
+      });
+  return {g[0], g[1], g[2]};
+}
+
+// ---------------------------------------------------------------------------------------------
+// gm_ode_euler_substeps
+
+constexpr const char* kOdeSigmasLayout = "(S+1, ...)";
+
+struct OdePlan {
+  GmDims d;
+  GmTensors gm;
+  Tensor x_src, sigmas, sigmas_batch;  // sigmas_batch = sigmas[0]: the batch dims of the sigmas
+  Shape batch;
+  int64_t S;
+
+  OdePlan(const char* op, const Tensor& means, const Tensor& logstds, const Tensor& logweights, const Tensor& xs,
+          const Tensor& sig)
+      : d(check_gm(op, means, &logstds, logweights)), gm(means, &logstds, logweights), sigmas(sig) {
+    check_like(op, "x_src", xs, "means", means);
+    check_tail(op, "x_src", xs, means, "(..., C, H, W)", {d.C, d.H, d.W}, chw(d));
+    check_acc_like(op, "sigmas", sig, "means", means);
+    check_min_dim(op, "sigmas", sig, 1, kOdeSigmasLayout);
+    if (sig.size(0) < 2)
+      fail(op, "'sigmas' must have layout ", kOdeSigmasLayout,
+           " with S >= 1 sub-steps (at least 2 sigmas along dim 0); got shape ", shape_str(shape_of(sig)));
+    S = sig.size(0) - 1;
+    x_src = with_unit_pixel_stride(xs);
+    sigmas_batch = torch::stable::select(sig, 0, 0);
+    batch = broadcast_batch(op, operands());
+  }
+
+  std::vector<Operand> operands() const {
+    return {{"means", gm.means, 4},
+            {"logstds", gm.logstds, 4},
+            {"logweights", gm.logweights, 4},
+            {"x_src", x_src, 3},
+            {"sigmas", sigmas_batch, 0}};
+  }
+
+  template <typename T>
+  GmOdeEulerSubstepsParams<T> params(const char* op, double eps) const {
+    GmOdeEulerSubstepsParams<T> p;
+    p.gm = gm_operands<T>(d, product(batch), gm.means, gm.logstds_ptr(), gm.logweights);
+    const std::vector<Operand> ops = operands();
+    make_batch_layout(op, batch, ops.data(), p.layout);
+    p.x_src = cptr<T>(x_src);
+    p.x_src_sc = x_src.stride(-3);
+    p.sigmas = acc_ptr<T>(sigmas);
+    p.sigmas_sj = sigmas.stride(0);
+    p.S = S;
+    p.eps = eps;
+    return p;
+  }
+
+  Shape out_shape() const { return concat(batch, {d.C, d.H, d.W}); }
+  bool empty() const { return product(batch) * d.H * d.W == 0; }
+};
+
+template <class Backend>
+Tensor gm_ode_euler_substeps(Tensor means, Tensor logstds, Tensor logweights, Tensor x_src, Tensor sigmas,
+                             double eps) {
+  constexpr const char* op = "gm_ode_euler_substeps";
+  const OdePlan plan(op, means, logstds, logweights, x_src, sigmas);
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
+  Tensor out = new_empty(means, plan.out_shape());
+  if (out.numel() == 0) return out;
+  const typename Backend::Scope scope(means);
+  dispatch_float(means, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    GmOdeEulerSubstepsParams<T> p = plan.template params<T>(op, eps);
+    p.out = mptr<T>(out);
+    Backend::launch(p, scope);
+  });
+  return out;
+}
+
+// The backward recomputes the forward pass (no saved output).
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor> gm_ode_euler_substeps_backward(Tensor grad, Tensor means, Tensor logstds,
+                                                                  Tensor logweights, Tensor x_src, Tensor sigmas,
+                                                                  double eps, std::vector<bool> output_mask) {
+  constexpr const char* op = "gm_ode_euler_substeps_backward";
+  const OdePlan plan(op, means, logstds, logweights, x_src, sigmas);
+  check_mask(op, output_mask, 3);
+  check_like(op, "grad", grad, "means", means);
+  if (shape_of(grad) != plan.out_shape())
+    fail(op, "'grad' must have the output shape ", shape_str(plan.out_shape()), "; got ", shape_str(shape_of(grad)));
+  check_scalar(op, "eps", eps, ScalarKind::kFinitePositive);
+  const GmDims& d = plan.d;
+  const int64_t Kl = logstds.size(-4);
+  const std::array<Shape, 3> grad_shapes{concat(plan.batch, {d.K, d.C, d.H, d.W}),
+                                         concat(plan.batch, {Kl, 1, d.H, d.W}), concat(plan.batch, {d.K, 1, d.H, d.W})};
+  const std::array<Shape, 3> input_shapes{shape_of(means), shape_of(logstds), shape_of(logweights)};
+  if (needs_float32_reduction(means, output_mask, grad_shapes, input_shapes))
+    return to_dtype(gm_ode_euler_substeps_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
+                                                      to_float32(logweights), to_float32(x_src), sigmas, eps,
+                                                      output_mask),
+                    means.scalar_type());
+  // run_backward's second tensor is a saved forward output; this op has none, so grad stands in (unused).
+  const auto g = run_backward<Backend, 3>(
+      means, output_mask, grad_shapes, input_shapes, plan.empty(), grad, grad,
+      [&](auto tag, auto grad_p, auto, const auto& out) {
+        using T = typename decltype(tag)::type;
+        GmOdeEulerSubstepsBackwardParams<T> p;
+        p.fwd = plan.template params<T>(op, eps);
+        p.grad = grad_p;
         p.grad_means = out[0];
         p.grad_logstds = out[1];
         p.grad_logweights = out[2];
@@ -590,6 +701,9 @@ Tensor gm_sample(Tensor means, Tensor logstds, Tensor logweights, Tensor uniform
   m.impl("gm_mul_iso_gaussian", TORCH_BOX(&gmflow::binding::gm_mul_iso_gaussian<Backend>));                   \
   m.impl("gm_posterior_mean", TORCH_BOX(&gmflow::binding::gm_posterior_mean<Backend>));                       \
   m.impl("gm_posterior_mean_backward", TORCH_BOX(&gmflow::binding::gm_posterior_mean_backward<Backend>));     \
+  m.impl("gm_ode_euler_substeps", TORCH_BOX(&gmflow::binding::gm_ode_euler_substeps<Backend>));               \
+  m.impl("gm_ode_euler_substeps_backward",                                                                    \
+         TORCH_BOX(&gmflow::binding::gm_ode_euler_substeps_backward<Backend>));                               \
   m.impl("gm1d_inverse_cdf", TORCH_BOX(&gmflow::binding::gm1d_inverse_cdf<Backend>));                         \
   m.impl("gm1d_inverse_cdf_backward", TORCH_BOX(&gmflow::binding::gm1d_inverse_cdf_backward<Backend>));       \
   m.impl("gm_kr_inverse", TORCH_BOX(&gmflow::binding::gm_kr_inverse<Backend>));                               \

@@ -431,6 +431,415 @@ GMFLOW_FLATTEN void sample_range(const GmSampleParams<T>& prm, int64_t begin, in
   });
 }
 
+// ------------------------------------------------------------------ gm_ode_euler_substeps
+//
+// gm_ode_euler_substeps (docs/ops.md#gm_ode_euler_substeps): S sub-steps per item, the GM gathered once per tile;
+// sub-step j: x0 = the posterior mean above at (x_tgt = x, sigma_tgt = sigmas[j]), then
+// x <- x0 + sigmas[j + 1] / max(sigmas[j], eps) (x - x0).
+
+// The GM of one lane tile in lane rows, read once for all S sub-steps: means [K][C],
+// var [Kl], logweights [K] and |mu_k|^2 [K].
+template <typename A>
+struct OdeGm {
+  int64_t K, C, Kl;
+  bool per_component;
+  A eps;
+  A *mu, *var, *lw, *m2;
+};
+
+// Per-lane terms of one sub-step: the coefficients (gm_math.h ode_substep), nu = c_tgt x - c_src x_src,
+// |nu|^2 and, per std, den = max(var zeta + 1, eps), 1 / den, d den / d var and the logit terms that
+// depend on the std only (per-component stds; a shared std adds the same to every logit).
+template <typename A>
+struct OdeStep {
+  A zeta[kLanes], c_src[kLanes], c_tgt[kLanes], ratio[kLanes], sq[kLanes];
+  A *nu, *inv, *dden, *extra;  // [C][kLanes], [Kl][kLanes] x 3
+};
+
+template <typename T, typename A>
+GMFLOW_ALWAYS_INLINE void ode_load_gm(const GmOdeEulerSubstepsParams<T>& prm, const LaneTile<5>& L, OdeGm<A>& g) {
+  const GmOperands<T>& gm = prm.gm;
+  for (int64_t k = 0; k < g.K; ++k) {
+    A* m2 = g.m2 + k * kLanes;
+    for (int64_t c = 0; c < g.C; ++c) {
+      A* mu = g.mu + (k * g.C + c) * kLanes;
+      gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) m2[v] = (c == 0 ? A(0) : m2[v]) + mu[v] * mu[v];
+    }
+    gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, g.lw + k * kLanes);
+  }
+  for (int64_t k = 0; k < g.Kl; ++k) {
+    A* var = g.var + k * kLanes;
+    gather(gm.logstds, L, 1, gm.logstds_sp, k * gm.logstds_sk, var);
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) var[v] = fast_exp(A(2) * var[v]);
+  }
+}
+
+// The terms of sub-step j (sigmas[j] -> sigmas[j + 1]) at the state x [C][kLanes].
+template <typename A>
+GMFLOW_ALWAYS_INLINE void ode_step_setup(const OdeGm<A>& g, const A* sigmas, int64_t j, const A* x, const A* x_src,
+                                         OdeStep<A>& st) {
+  const A* s0 = sigmas;
+  const A* sj = sigmas + j * kLanes;
+  const A* sn = sj + kLanes;
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    const OdeSubstep<A> o = ode_substep(s0[v], sj[v], sn[v], g.eps);
+    st.zeta[v] = o.zeta;
+    st.c_src[v] = o.c_src;
+    st.c_tgt[v] = o.c_tgt;
+    st.ratio[v] = o.ratio;
+    st.sq[v] = A(0);
+  }
+  for (int64_t c = 0; c < g.C; ++c) {
+    A* nu = st.nu + c * kLanes;
+    const A* xc = x + c * kLanes;
+    const A* sc = x_src + c * kLanes;
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) {
+      nu[v] = st.c_tgt[v] * xc[v] - st.c_src[v] * sc[v];
+      st.sq[v] += nu[v] * nu[v];
+    }
+  }
+  const A half_c = A(0.5) * A(g.C);
+  for (int64_t k = 0; k < g.Kl; ++k) {
+    const A* var = g.var + k * kLanes;
+    A* inv = st.inv + k * kLanes;
+    A* dden = st.dden + k * kLanes;
+    A* extra = st.extra + k * kLanes;
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) {
+      const A raw = var[v] * st.zeta[v] + A(1);
+      const A den = clamp_min(raw, g.eps);
+      inv[v] = A(1) / den;
+      dden[v] = raw > g.eps ? st.zeta[v] : A(0);
+      extra[v] = A(0);
+    }
+    if (g.per_component) {
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v)
+        extra[v] = A(0.5) * var[v] * st.sq[v] * inv[v] + half_c * fast_log(inv[v]);
+    }
+  }
+}
+
+// Logit of component k for every lane: lambda_k + Q_k / den_k + extra, Q_k = mu_k . nu - zeta |mu_k|^2 / 2.
+template <typename A>
+GMFLOW_ALWAYS_INLINE void ode_logit(const OdeGm<A>& g, const OdeStep<A>& st, int64_t k, A* GMFLOW_RESTRICT q,
+                                    A* GMFLOW_RESTRICT logit) {
+  const int64_t kk = g.per_component ? k : 0;
+  const A* m2 = g.m2 + k * kLanes;
+  const A* lw = g.lw + k * kLanes;
+  const A* inv = st.inv + kk * kLanes;
+  const A* extra = st.extra + kk * kLanes;
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) q[v] = -A(0.5) * st.zeta[v] * m2[v];
+  for (int64_t c = 0; c < g.C; ++c) {
+    const A* mu = g.mu + (k * g.C + c) * kLanes;
+    const A* nu = st.nu + c * kLanes;
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) q[v] += mu[v] * nu[v];
+  }
+  if (g.per_component) {
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) logit[v] = lw[v] + q[v] * inv[v] + extra[v];
+  } else {  // the shared std's terms are the same for every k: no effect on the softmax
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) logit[v] = lw[v] + q[v] * inv[v];
+  }
+}
+
+// Posterior mean x0 [C][kLanes] = sum_k softmax(logit)_k (var_k nu + mu_k) / den_k, two passes over K
+// through logits [K][kLanes]; its log normaliser into lse [kLanes] if not null.
+template <typename A>
+GMFLOW_ALWAYS_INLINE void ode_posterior_mean(const OdeGm<A>& g, const OdeStep<A>& st, A* logits, A* x0, A* lse) {
+  A max_value[kLanes], sum[kLanes], q[kLanes], w_var[kLanes], w[kLanes];
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    max_value[v] = neg_infinity<A>();
+    sum[v] = A(0);
+    w_var[v] = A(0);
+  }
+  for (int64_t k = 0; k < g.K; ++k) {
+    A* logit = logits + k * kLanes;
+    ode_logit(g, st, k, q, logit);
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) max_value[v] = logit[v] > max_value[v] ? logit[v] : max_value[v];
+  }
+  for (int64_t i = 0; i < g.C * kLanes; ++i) x0[i] = A(0);
+  for (int64_t k = 0; k < g.K; ++k) {
+    const A* logit = logits + k * kLanes;
+    if (g.per_component) {
+      const A* inv = st.inv + k * kLanes;
+      const A* var = g.var + k * kLanes;
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        const A e = fast_exp(logit[v] - max_value[v]);
+        sum[v] += e;
+        w[v] = e * inv[v];
+        w_var[v] += w[v] * var[v];
+      }
+    } else {  // a shared var / den is applied once, below
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        w[v] = fast_exp(logit[v] - max_value[v]);
+        sum[v] += w[v];
+      }
+    }
+    for (int64_t c = 0; c < g.C; ++c) {
+      const A* mu = g.mu + (k * g.C + c) * kLanes;
+      A* a = x0 + c * kLanes;
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) a[v] += w[v] * mu[v];
+    }
+  }
+  const A* inv0 = st.inv;
+  if (!g.per_component) {
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) w_var[v] = g.var[v] * sum[v];
+  }
+  for (int64_t c = 0; c < g.C; ++c) {
+    A* a = x0 + c * kLanes;
+    const A* nu = st.nu + c * kLanes;
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) {
+      const A m = (a[v] + w_var[v] * nu[v]) / sum[v];
+      a[v] = g.per_component ? m : m * inv0[v];
+    }
+  }
+  if (lse) {
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) lse[v] = lse_result(max_value[v], sum[v]);
+  }
+}
+
+// x <- x0 + ratio (x - x0): the Euler step of the flow ODE with x0 as the x0 estimate.
+template <typename A>
+GMFLOW_ALWAYS_INLINE void ode_euler(int64_t C, const OdeStep<A>& st, const A* x0, A* x) {
+  for (int64_t c = 0; c < C; ++c) {
+    A* xc = x + c * kLanes;
+    const A* mc = x0 + c * kLanes;
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) xc[v] = mc[v] + st.ratio[v] * (xc[v] - mc[v]);
+  }
+}
+
+template <typename T>
+LaneStrides<5> ode_strides(const GmOdeEulerSubstepsParams<T>& prm) {
+  LaneStrides<5> st;
+  const int64_t pixel[5] = {1, prm.gm.logstds_sp, 1, 1, 0};
+  for (int t = 0; t < 5; ++t) st.pixel[t] = pixel[t];
+  return st;
+}
+
+// Lane-row scratch of the sub-step kernels, carved from one allocation.
+template <typename A>
+struct OdeScratch {
+  Scratch<A> data;
+  A* next;
+  explicit OdeScratch(int64_t n) : data(n), next(data.get()) {}
+  A* take(int64_t rows) {
+    A* p = next;
+    next += rows * kLanes;
+    return p;
+  }
+};
+
+template <typename T, typename A>
+GMFLOW_ALWAYS_INLINE void ode_init(const GmOdeEulerSubstepsParams<T>& prm, OdeScratch<A>& s, OdeGm<A>& g,
+                                   OdeStep<A>& st) {
+  const GmOperands<T>& gm = prm.gm;
+  g.K = gm.K;
+  g.C = gm.C;
+  g.Kl = gm.logstds_k;
+  g.per_component = gm.logstds_k != 1;
+  g.eps = A(prm.eps);
+  g.mu = s.take(g.K * g.C);
+  g.var = s.take(g.Kl);
+  g.lw = s.take(g.K);
+  g.m2 = s.take(g.K);
+  st.nu = s.take(g.C);
+  st.inv = s.take(g.Kl);
+  st.dden = s.take(g.Kl);
+  st.extra = s.take(g.Kl);
+}
+
+// Rows of ode_init, plus `more`.
+inline int64_t ode_rows(int64_t K, int64_t C, int64_t Kl, int64_t more) { return K * C + 3 * K + C + 4 * Kl + more; }
+
+// Loads the tile's GM, x_src [C] and sigmas [S + 1] (lane rows).
+template <typename T, typename A>
+GMFLOW_ALWAYS_INLINE void ode_load(const GmOdeEulerSubstepsParams<T>& prm, const LaneTile<5>& L, OdeGm<A>& g, A* x_src,
+                                   A* sigmas) {
+  ode_load_gm(prm, L, g);
+  for (int64_t c = 0; c < g.C; ++c) gather(prm.x_src, L, 3, 1, c * prm.x_src_sc, x_src + c * kLanes);
+  for (int64_t j = 0; j <= prm.S; ++j) gather(prm.sigmas, L, 4, 0, j * prm.sigmas_sj, sigmas + j * kLanes);
+}
+
+template <typename T>
+GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const int64_t K = prm.gm.K, C = prm.gm.C, P = prm.gm.P, S = prm.S;
+  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K + 3 * C + S + 1) * kLanes);
+  OdeGm<A> g;
+  OdeStep<A> st;
+  ode_init(prm, s, g, st);
+  A* logits = s.take(K);
+  A* x_src = s.take(C);
+  A* x = s.take(C);
+  A* x0 = s.take(C);
+  A* sigmas = s.take(S + 1);
+  LaneTile<5> tile;
+  for_each_lane_tile(prm.layout, ode_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<5>& L) {
+    ode_load(prm, L, g, x_src, sigmas);
+    for (int64_t i = 0; i < C * kLanes; ++i) x[i] = x_src[i];
+    for (int64_t j = 0; j < S; ++j) {
+      ode_step_setup(g, sigmas, j, x, x_src, st);
+      ode_posterior_mean(g, st, logits, x0, static_cast<A*>(nullptr));
+      ode_euler(C, st, x0, x);
+    }
+    for (int64_t c = 0; c < C; ++c) scatter(prm.out, L, C * P, c * P, x + c * kLanes);
+  });
+}
+
+// Backward by recompute: a forward pass keeps each sub-step's state, posterior mean and log normaliser
+// in lane-row scratch (S (2 C + 1) rows per tile), then the sub-steps are reversed. Sub-step j maps
+// x_j to x_{j+1} = (1 - r) x0_j + r x_j, so with g = dL/dx_{j+1} and h = (1 - r) g (the gradient of the
+// posterior mean): the GM gradients of gm_posterior_mean at (x_tgt = x_j, grad = h) are added, and
+// dL/dx_j = r g + c_tgt (sum_k pi_k var_k / den_k h + sum_k pi_k d_k (mu'_k - x0)), d_k = h . (mu'_k - x0)
+// (d logit_k / d nu = mu'_k up to a term shared by all k).
+template <typename T>
+GMFLOW_FLATTEN void ode_backward_range(const GmOdeEulerSubstepsBackwardParams<T>& prm, int64_t begin,
+                                       int64_t end) {
+  using A = acc_t<T>;
+  const GmOdeEulerSubstepsParams<T>& fwd = prm.fwd;
+  const int64_t K = fwd.gm.K, C = fwd.gm.C, P = fwd.gm.P, S = fwd.S, Kl = fwd.gm.logstds_k;
+  OdeScratch<A> s(ode_rows(K, C, Kl, 2 * K + K * C + Kl + 6 * C + S + 1 + S * (2 * C + 1)) * kLanes);
+  OdeGm<A> g;
+  OdeStep<A> st;
+  ode_init(fwd, s, g, st);
+  A* logits = s.take(K);
+  A* x_src = s.take(C);
+  A* x = s.take(C);
+  A* grad = s.take(C);
+  A* h = s.take(C);
+  A* gx = s.take(C);
+  A* moved = s.take(C);
+  A* sigmas = s.take(S + 1);
+  A* x_saved = s.take(S * C);
+  A* x0_saved = s.take(S * C);
+  A* lse_saved = s.take(S);
+  A* g_mu = s.take(K * C);
+  A* g_lw = s.take(K);
+  A* g_ls = s.take(Kl);
+  const bool per_component = g.per_component;
+  const A half_c = A(0.5) * A(C);
+  LaneTile<5> tile;
+  for_each_lane_tile(fwd.layout, ode_strides(fwd), 1, P, begin, end, tile, [&](const LaneTile<5>& L) {
+    ode_load(fwd, L, g, x_src, sigmas);
+    for (int64_t i = 0; i < C * kLanes; ++i) x[i] = x_src[i];
+    for (int64_t j = 0; j < S; ++j) {
+      A* xj = x_saved + j * C * kLanes;
+      A* x0 = x0_saved + j * C * kLanes;
+      for (int64_t i = 0; i < C * kLanes; ++i) xj[i] = x[i];
+      ode_step_setup(g, sigmas, j, x, x_src, st);
+      ode_posterior_mean(g, st, logits, x0, lse_saved + j * kLanes);
+      ode_euler(C, st, x0, x);
+    }
+    for (int64_t c = 0; c < C; ++c) gather_rows(prm.grad, L, C * P, c * P, grad + c * kLanes);
+    for (int64_t i = 0; i < K * C * kLanes; ++i) g_mu[i] = A(0);
+    for (int64_t i = 0; i < K * kLanes; ++i) g_lw[i] = A(0);
+    for (int64_t i = 0; i < Kl * kLanes; ++i) g_ls[i] = A(0);
+    for (int64_t j = S - 1; j >= 0; --j) {
+      const A* xj = x_saved + j * C * kLanes;
+      const A* x0 = x0_saved + j * C * kLanes;
+      const A* lse = lse_saved + j * kLanes;
+      ode_step_setup(g, sigmas, j, xj, x_src, st);
+      A w_var[kLanes], q[kLanes], logit[kLanes], pi[kLanes], d[kLanes], g_var[kLanes];
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) w_var[v] = A(0);
+      for (int64_t c = 0; c < C; ++c) {
+        A* hc = h + c * kLanes;
+        const A* gc = grad + c * kLanes;
+        A* gxc = gx + c * kLanes;
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) {
+          hc[v] = (A(1) - st.ratio[v]) * gc[v];
+          gxc[v] = A(0);
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t kk = per_component ? k : 0;
+        const A* var = g.var + kk * kLanes;
+        const A* inv = st.inv + kk * kLanes;
+        const A* dden = st.dden + kk * kLanes;
+        ode_logit(g, st, k, q, logit);
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) {
+          pi[v] = responsibility(logit[v], lse[v]);
+          d[v] = A(0);
+          g_var[v] = A(0);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const A* mu = g.mu + (k * C + c) * kLanes;
+          const A* nu = st.nu + c * kLanes;
+          const A* hc = h + c * kLanes;
+          const A* oc = x0 + c * kLanes;
+          A* mv = moved + c * kLanes;
+#pragma omp simd
+          for (int64_t v = 0; v < kLanes; ++v) {
+            mv[v] = (var[v] * nu[v] + mu[v]) * inv[v];
+            d[v] += hc[v] * (mv[v] - oc[v]);
+            g_var[v] += hc[v] * (nu[v] - mv[v] * dden[v]);
+          }
+        }
+        A* glw = g_lw + k * kLanes;
+        A* gls = g_ls + kk * kLanes;
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) {
+          glw[v] += pi[v] * d[v];
+          w_var[v] += pi[v] * var[v] * inv[v];
+          A dlogit = -q[v] * inv[v] * dden[v] * inv[v];
+          if (per_component)
+            dlogit += A(0.5) * st.sq[v] * inv[v] - A(0.5) * var[v] * st.sq[v] * dden[v] * inv[v] * inv[v] -
+                      half_c * dden[v] * inv[v];
+          gls[v] += A(2) * var[v] * pi[v] * (g_var[v] * inv[v] + d[v] * dlogit);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const A* mu = g.mu + (k * C + c) * kLanes;
+          const A* nu = st.nu + c * kLanes;
+          const A* hc = h + c * kLanes;
+          const A* oc = x0 + c * kLanes;
+          const A* mv = moved + c * kLanes;
+          A* gm = g_mu + (k * C + c) * kLanes;
+          A* gxc = gx + c * kLanes;
+#pragma omp simd
+          for (int64_t v = 0; v < kLanes; ++v) {
+            gm[v] += pi[v] * (hc[v] + d[v] * (nu[v] - st.zeta[v] * mu[v])) * inv[v];
+            gxc[v] += pi[v] * d[v] * (mv[v] - oc[v]);
+          }
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        A* gc = grad + c * kLanes;
+        const A* hc = h + c * kLanes;
+        const A* gxc = gx + c * kLanes;
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v)
+          gc[v] = st.ratio[v] * gc[v] + st.c_tgt[v] * (w_var[v] * hc[v] + gxc[v]);
+      }
+    }
+    if (prm.grad_means)
+      for (int64_t i = 0; i < K * C; ++i) scatter(prm.grad_means, L, K * C * P, i * P, g_mu + i * kLanes);
+    if (prm.grad_logweights)
+      for (int64_t k = 0; k < K; ++k) scatter(prm.grad_logweights, L, K * P, k * P, g_lw + k * kLanes);
+    if (prm.grad_logstds)
+      for (int64_t k = 0; k < Kl; ++k) scatter(prm.grad_logstds, L, Kl * P, k * P, g_ls + k * kLanes);
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -458,10 +867,25 @@ void gm_sample(const GmSampleParams<T>& prm, const ParallelFor& pf) {
             [](const auto& q, int64_t b, int64_t e) { sample_range(q, b, e); });
 }
 
+template <typename T>
+void gm_ode_euler_substeps(const GmOdeEulerSubstepsParams<T>& prm, const ParallelFor& pf) {
+  run_items(prm, prm.gm.batch * prm.gm.P, prm.S * prm.gm.K * (2 * prm.gm.C + 4), pf,
+            [](const auto& q, int64_t b, int64_t e) { ode_range(q, b, e); });
+}
+
+template <typename T>
+void gm_ode_euler_substeps_backward(const GmOdeEulerSubstepsBackwardParams<T>& prm, const ParallelFor& pf) {
+  const GmOperands<T>& gm = prm.fwd.gm;
+  run_items(prm, gm.batch * gm.P, prm.fwd.S * gm.K * (7 * gm.C + 12), pf,
+            [](const auto& q, int64_t b, int64_t e) { ode_backward_range(q, b, e); });
+}
+
 #define GMFLOW_INSTANTIATE_ALGEBRA(T)                                                                   \
   template void gm_mul_iso_gaussian<T>(const GmMulIsoGaussianParams<T>&, const ParallelFor&);           \
   template void gm_posterior_mean<T>(const GmPosteriorMeanParams<T>&, const ParallelFor&);              \
   template void gm_posterior_mean_backward<T>(const GmPosteriorMeanBackwardParams<T>&, const ParallelFor&); \
+  template void gm_ode_euler_substeps<T>(const GmOdeEulerSubstepsParams<T>&, const ParallelFor&);                  \
+  template void gm_ode_euler_substeps_backward<T>(const GmOdeEulerSubstepsBackwardParams<T>&, const ParallelFor&); \
   template void gm_sample<T>(const GmSampleParams<T>&, const ParallelFor&);
 
 GMFLOW_INSTANTIATE_ALGEBRA(float)

@@ -152,4 +152,27 @@ GMFLOW_HD A responsibility(A a, A lse) {
   return lse == neg_infinity<A>() ? A(0) : fast_exp(a - lse);
 }
 
+// One GM-ODE sub-step from sigma to sigma_next of a state whose x0-GM was predicted at
+// (x_src, sigma_src): the posterior-mean coefficients (both sigmas clamped at eps)
+// zeta = (a / s)^2 - (a_src / s_src)^2, nu = c_tgt x - c_src x_src (c = a / s^2, a = 1 - s), and the
+// Euler step x' = x0 + ratio (x - x0), ratio = sigma_next / max(sigma, eps), which is
+// x + (x - x0) / sigma (sigma_next - sigma) and returns x0 exactly at sigma_next = 0.
+template <typename A>
+struct OdeSubstep {
+  A zeta, c_src, c_tgt, ratio;
+};
+
+template <typename A>
+GMFLOW_HD OdeSubstep<A> ode_substep(A sigma_src, A sigma, A sigma_next, A eps) {
+  const A ss = sigma_src < eps ? eps : sigma_src;  // NaN stays NaN
+  const A st = sigma < eps ? eps : sigma;
+  const A as = A(1) - ss, at = A(1) - st;
+  OdeSubstep<A> o;
+  o.zeta = (at / st) * (at / st) - (as / ss) * (as / ss);
+  o.c_src = as / (ss * ss);
+  o.c_tgt = at / (st * st);
+  o.ratio = sigma_next / st;
+  return o;
+}
+
 }  // namespace gmflow

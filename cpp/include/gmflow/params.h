@@ -128,6 +128,30 @@ struct GmPosteriorMeanBackwardParams {
   T* grad_logweights = nullptr;  // (batch, K, P), may be null
 };
 
+// gm_ode_euler_substeps: S Euler sub-steps of the GM-ODE from (x_src, sigmas[0]), each with the
+// posterior mean of the x0-GM at the current state (GM as gm_posterior_mean, x_src its source).
+template <typename T>
+struct GmOdeEulerSubstepsParams {
+  GmOperands<T> gm;
+  BatchLayout<5> layout;  // + x_src, sigmas (its batch dims: sigmas[0])
+  const T* x_src = nullptr;
+  int64_t x_src_sc = 0;              // pixel stride 1
+  const acc_t<T>* sigmas = nullptr;  // sigma of sub-step j at j * sigmas_sj + batch offset
+  int64_t sigmas_sj = 0;
+  int64_t S = 1;  // sub-steps: S + 1 sigmas
+  double eps = 1e-6;
+  T* out = nullptr;  // (batch, C, P): the state after S sub-steps
+};
+
+template <typename T>
+struct GmOdeEulerSubstepsBackwardParams {
+  GmOdeEulerSubstepsParams<T> fwd;  // fwd.out unused
+  const T* grad = nullptr;     // (batch, C, P) contiguous
+  T* grad_means = nullptr;       // (batch, K, C, P), may be null
+  T* grad_logstds = nullptr;     // (batch, logstds_k, P), reduced by the binding; may be null
+  T* grad_logweights = nullptr;  // (batch, K, P), may be null
+};
+
 // A 1-D Gaussian mixture per element: means/logweights (K, P) per batch index, one std.
 template <typename T>
 struct Gm1dOperands {
@@ -221,6 +245,8 @@ struct GmSampleParams {
   X(gm_mul_iso_gaussian, GmMulIsoGaussianParams)              \
   X(gm_posterior_mean, GmPosteriorMeanParams)                 \
   X(gm_posterior_mean_backward, GmPosteriorMeanBackwardParams) \
+  X(gm_ode_euler_substeps, GmOdeEulerSubstepsParams)                     \
+  X(gm_ode_euler_substeps_backward, GmOdeEulerSubstepsBackwardParams)   \
   X(gm_sample, GmSampleParams)                                \
   X(gm1d_inverse_cdf, Gm1dInverseCdfParams)                   \
   X(gm1d_inverse_cdf_backward, Gm1dInverseCdfBackwardParams)  \

@@ -97,6 +97,14 @@ def _posterior_mean(gm: GaussianMixture, x: Tensor, x_src: Tensor, t: Tensor, t_
     return ops.gm_posterior_mean(gm, x_src, x, t_src=t_src, t_tgt=t, num_timesteps=T)
 
 
+def _fused_substeps(scheduler, output_mode: str, x: Tensor) -> bool:
+    """Whether each outer step's sub-steps run as one :func:`gmflow.ops.gm_ode_euler_substeps` call: a GM-ODE step
+    (``'mean'`` output, the Euler ODE scheduler) with a native kernel for it on ``x``'s device. Equal to the
+    per-sub-step loop up to rounding (docs/sampling.md#gm-ode-sub-steps)."""
+    return (output_mode == "mean" and type(scheduler) is FlowEulerODEScheduler
+            and native_kernel_serves("gm_ode_euler_substeps", x.device))
+
+
 def _batch_time(t: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
     return t.to(dtype).reshape(1).expand(batch)
 
@@ -176,6 +184,7 @@ def gmflow_sample(
     solver = GMSecondOrderSolver(*gm2_coefs, correction_steps=gm2_correction_steps, num_timesteps=T)
     solver.reset()
     w_dev = w.to(x.device, x.dtype)
+    fused = _fused_substeps(scheduler, output_mode, x)
     intermediates: list[Intermediate] | None = [] if return_intermediates else None
     for i in tqdm(range(num_steps), desc="gmflow sampling", disable=not progress, leave=False):
         t = timesteps[i * S]
@@ -199,6 +208,10 @@ def gmflow_sample(
         if intermediates is not None:
             gm_next = ops.reverse_transition(gm, x, t_next, t, prediction_type="x0", num_timesteps=T)
             intermediates.append(Intermediate(t, x, gm, gm_next))
+        if fused:
+            # All S sub-steps in one native call: the first posterior mean (at x = x_base) is the GM mean.
+            x = ops.gm_ode_euler_substeps(gm, x, sigmas=scheduler.sigmas[i * S:(i + 1) * S + 1])
+            continue
         x_base, t_base = x, t
         for j in range(S):
             if j == 0:
