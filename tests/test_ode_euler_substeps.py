@@ -157,6 +157,25 @@ def test_gm_gradients_match_autograd_through_the_loop(per_component):
         torch.testing.assert_close(fused, loop, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_gradients_are_summed_in_float32(dtype):
+    """The S sub-steps' gradient terms are summed in float32 and rounded once: the 16-bit backward is the
+    float32 backward of the same values, rounded (on the emulated CUDA kernel too, which sums in its outputs)."""
+    gen = torch.Generator().manual_seed(5)
+    B, K, C, H, W, S = 2, 3, 2, 2, 3, 16
+    args = [torch.randn(B, K, C, H, W, generator=gen).to(dtype), torch.full((1, 1, 1, 1, 1), -0.5).to(dtype),
+            torch.log_softmax(torch.randn(B, K, 1, H, W, generator=gen), dim=-4).to(dtype),
+            torch.randn(B, C, H, W, generator=gen).to(dtype)]
+    sigmas, grad = _grid((B,), S, 0.0, 1, torch.float32), torch.randn(B, C, H, W, generator=gen).to(dtype)
+    as_float = [t.float() for t in (grad, *args)]
+    kernels = [G] + ([EMU] if EMU is not None else [])
+    for ops_ns in kernels:
+        got = ops_ns.gm_ode_euler_substeps_backward(grad, *args, sigmas, 1e-6, [True] * 3)
+        want = ops_ns.gm_ode_euler_substeps_backward(*as_float, sigmas, 1e-6, [True] * 3)
+        for g, w in zip(got, want):
+            assert g.dtype == dtype and torch.equal(g, w.to(dtype))
+
+
 def test_gradients_wrt_x_src_and_sigmas_refused_by_the_op():
     sample = next(iter(__import__("gmflow")._library.OPS["gm_ode_euler_substeps"].sample_inputs("cpu")))
     args = [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in sample.args]

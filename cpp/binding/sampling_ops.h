@@ -344,7 +344,10 @@ std::tuple<Tensor, Tensor, Tensor> gm_ode_euler_substeps_backward(Tensor grad, T
   const std::array<Shape, 3> grad_shapes{concat(plan.batch, {d.K, d.C, d.H, d.W}),
                                          concat(plan.batch, {Kl, 1, d.H, d.W}), concat(plan.batch, {d.K, 1, d.H, d.W})};
   const std::array<Shape, 3> input_shapes{shape_of(means), shape_of(logstds), shape_of(logweights)};
-  if (needs_float32_reduction(means, output_mask, grad_shapes, input_shapes))
+  // 16-bit data: computed in float32 and rounded once (the CUDA kernel sums the S sub-steps' terms in
+  // its outputs, which must not be 16-bit).
+  const bool half = means.scalar_type() == ScalarType::Half || means.scalar_type() == ScalarType::BFloat16;
+  if (half)
     return to_dtype(gm_ode_euler_substeps_backward<Backend>(to_float32(grad), to_float32(means), to_float32(logstds),
                                                       to_float32(logweights), to_float32(x_src), sigmas, eps,
                                                       output_mask),
