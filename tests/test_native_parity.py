@@ -150,9 +150,9 @@ def test_reference_iso_gaussian_backward_matches_autograd(case):
 @pytest.mark.parametrize("C", [1, 2, 4, 5])
 @pytest.mark.parametrize("shape", [(2, 8, 32, 32, 1), (3, 8, 5, 7, 2), (64, 64, 1, 1, 1), (3, 65, 1, 1, 2)])
 def test_shared_std_fast_paths_at_benchmark_shapes(device, dtype, C, shape):
-    """One std per distribution at the benchmark shapes (B, K, H, W, N): the register-resident pixel
-    chunks of the backward (32x32 latents, and a tile with chunks plus a remainder), the packed
-    single-pixel order, and the cached weights of gm_to_iso_gaussian."""
+    """One std per distribution at the benchmark shapes (B, K, H, W, N): full 32x32 pixel tiles, a
+    partial tile, and the packed single-pixel order (K at and above its 64-component block), with
+    the cached tile weights and the channel-specialised packed order of gm_to_iso_gaussian."""
     _require_native(device)
     B, K, H, W, N = shape
     means, logstds, logweights, samples = GmCase(batch=(B,), K=K, C=C, H=H, W=W, N=N, dtype=dtype).tensors(device)

@@ -83,25 +83,6 @@ GMFLOW_FLATTEN void logprob_range(const GmLogprobParams<T>& prm, int64_t begin, 
   });
 }
 
-// Pixels per register-resident chunk of the backward: with one std per distribution and C <= 4
-// channels, the samples, the running gradients and each component's differences of kChunk pixels
-// stay in registers over all K components.
-constexpr int64_t kChunk = 16;
-
-// One std per distribution (logstds (..., 1, 1, 1, 1)): 1/s^2 and the normaliser are per batch index.
-template <typename T>
-GMFLOW_ALWAYS_INLINE bool one_std_per_distribution(const GmOperands<T>& gm) {
-  return gm.logstds_k == 1 && gm.logstds_sp == 0;
-}
-
-// 1/s^2 and C log s + C/2 log 2pi of a batch index with one std per distribution.
-template <typename T, typename A = acc_t<T>>
-GMFLOW_ALWAYS_INLINE void shared_std_terms(const GmOperands<T>& gm, const BatchGm<T>& g, A& inv_var, A& norm) {
-  const A ls = load_acc(g.logstds);
-  inv_var = fast_exp(A(-2) * ls);
-  norm = A(gm.C) * ls + A(0.5 * kLog2Pi) * A(gm.C);
-}
-
 // ------------------------------------------------------------------ backward
 
 // Where the gradients of one batch index go (null: not requested).
@@ -280,73 +261,6 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
   if (N == 0) zero_gm_grads(out, gm, p, 1);
 }
 
-// Gradients of the pixels [p0, p0 + kChunk) with one std per distribution and kC channels, the
-// register-resident counterpart of logprob_backward_tile: each component's differences x - mu are
-// computed once and feed its responsibility and all its gradients; the sample gradient and the
-// std gradient accumulate in registers over K. With a_k = lambda_k - q_k / (2 s^2), q_k = |x - mu_k|^2
-// and log p + norm as the log-sum-exp of a: r_k = exp(a_k - log p - norm) * grad,
-// d/dmu_kc = r_k (x_c - mu_kc) / s^2, d/dlogstd = r_k (q_k / s^2 - C).
-template <int kC, typename T, typename A = acc_t<T>>
-GMFLOW_ALWAYS_INLINE void logprob_backward_chunk(const GmLogprobBackwardParams<T>& prm, const BatchGm<T>& g,
-                                                 const GradRows<T>& out, const int64_t (&off)[4], int64_t b,
-                                                 int64_t p0, A inv_var, A norm) {
-  const GmLogprobParams<T>& fwd = prm.fwd;
-  const GmOperands<T>& gm = fwd.gm;
-  const int64_t N = fwd.N, K = gm.K, P = gm.P;
-  const A half_inv_var = A(0.5) * inv_var;
-  A g_ls[kChunk];
-  for (int64_t v = 0; v < kChunk; ++v) g_ls[v] = A(0);
-  for (int64_t n = 0; n < N; ++n) {
-    const T* x = fwd.samples + off[kSamples] + n * fwd.samples_sn + p0;
-    const int64_t row = (b * N + n) * P + p0;
-    A xs[kC][kChunk], g_x[kC][kChunk], lse[kChunk], grad[kChunk];
-    for (int64_t c = 0; c < kC; ++c) {
-#pragma omp simd
-      for (int64_t v = 0; v < kChunk; ++v) {
-        xs[c][v] = load_acc(x + c * fwd.samples_sc + v);
-        g_x[c][v] = A(0);
-      }
-    }
-#pragma omp simd
-    for (int64_t v = 0; v < kChunk; ++v) {
-      lse[v] = load_acc(prm.logprob + row + v) + norm;
-      grad[v] = load_acc(prm.grad + row + v);
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      const T* lw = g.logweights + k * gm.logweights_sk + p0;
-      const T* mu = g.means + k * gm.means_sk + p0;
-      A d[kC][kChunk], r[kChunk], q[kChunk];
-#pragma omp simd
-      for (int64_t v = 0; v < kChunk; ++v) {
-        A sq = A(0);
-        for (int64_t c = 0; c < kC; ++c) {
-          d[c][v] = xs[c][v] - load_acc(mu + c * gm.means_sc + v);
-          sq += d[c][v] * d[c][v];
-        }
-        q[v] = sq;
-        r[v] = responsibility(load_acc(lw + v) - half_inv_var * sq, lse[v]) * grad[v];
-      }
-      if (out.weights) put_row(out.weights + k * P + p0, r, kChunk, n > 0);
-      for (int64_t c = 0; c < kC; ++c) {
-        A w[kChunk];
-#pragma omp simd
-        for (int64_t v = 0; v < kChunk; ++v) {
-          w[v] = r[v] * d[c][v] * inv_var;
-          g_x[c][v] -= w[v];
-        }
-        if (out.means) put_row(out.means + (k * kC + c) * P + p0, w, kChunk, n > 0);
-      }
-#pragma omp simd
-      for (int64_t v = 0; v < kChunk; ++v) g_ls[v] += r[v] * (q[v] * inv_var - A(kC));
-    }
-    if (out.samples) {
-      for (int64_t c = 0; c < kC; ++c) put_row(out.samples + (n * kC + c) * P + p0, g_x[c], kChunk, false);
-    }
-  }
-  if (out.logstds && N > 0) put_row(out.logstds + p0, g_ls, kChunk, false);
-  if (N == 0) zero_gm_grads(out, gm, p0, kChunk);
-}
-
 template <typename T>
 GMFLOW_FLATTEN void logprob_backward_range(const GmLogprobBackwardParams<T>& prm, int64_t begin, int64_t end) {
   const GmOperands<T>& gm = prm.fwd.gm;
@@ -355,22 +269,8 @@ GMFLOW_FLATTEN void logprob_backward_range(const GmLogprobBackwardParams<T>& prm
                        const BatchGm<T> g = BatchGm<T>::at(gm, off);
                        const GradRows<T> out = grad_rows(prm, b);
                        if (gm.P >= kMinTilePixels) {
-                         dispatch_packed_channels(gm.C, one_std_per_distribution(gm), [&]<int kC>() {
-                           using A = acc_t<T>;
-                           A inv_var = A(0), norm = A(0);
-                           if constexpr (kC > 0) shared_std_terms(gm, g, inv_var, norm);
-                           for_each_tile(p_begin, p_end, [&]<int kWidth>(int64_t p0, int64_t count) {
-                             int64_t done = 0;
-                             if constexpr (kC > 0) {
-                               for (; done + kChunk <= count; done += kChunk)
-                                 logprob_backward_chunk<kC>(prm, g, out, off, b, p0 + done, inv_var, norm);
-                             }
-                             if (done == 0) {
-                               logprob_backward_tile<kWidth>(prm, g, out, off, b, p0, count);
-                             } else if (done < count) {
-                               logprob_backward_tile<0>(prm, g, out, off, b, p0 + done, count - done);
-                             }
-                           });
+                         for_each_tile(p_begin, p_end, [&]<int kWidth>(int64_t p0, int64_t count) {
+                           logprob_backward_tile<kWidth>(prm, g, out, off, b, p0, count);
                          });
                        } else {
                          // The packed order only vectorises the log densities; the
