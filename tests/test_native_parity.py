@@ -146,6 +146,28 @@ def test_reference_iso_gaussian_backward_matches_autograd(case):
         torch.testing.assert_close(e, t.grad, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 4, 5])
+@pytest.mark.parametrize("shape", [(2, 8, 32, 32, 1), (3, 8, 5, 7, 2), (64, 64, 1, 1, 1), (3, 65, 1, 1, 2)])
+def test_shared_std_fast_paths_at_benchmark_shapes(device, dtype, C, shape):
+    """One std per distribution at the benchmark shapes (B, K, H, W, N): full 32x32 pixel tiles, a
+    partial tile, and the packed single-pixel order (K at and above its 64-component block), with
+    the cached tile weights and the channel-specialised packed order of gm_to_iso_gaussian."""
+    _require_native(device)
+    B, K, H, W, N = shape
+    means, logstds, logweights, samples = GmCase(batch=(B,), K=K, C=C, H=H, W=W, N=N, dtype=dtype).tensors(device)
+    out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    _close(out.double(), ref.gm_logprob(*(t.double() for t in (means, logstds, logweights, samples))), dtype)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(device, dtype)
+    grads = torch.ops.gmflow.gm_logprob_backward(grad, means, logstds, logweights, samples, out, [True] * 4)
+    expected = ref.gm_logprob_backward(grad, means, logstds, logweights, samples, out, [True] * 4)
+    for a, b in zip(grads, expected):
+        _close(a, b, dtype)
+    for a, b in zip(torch.ops.gmflow.gm_to_iso_gaussian(means, logstds, logweights),
+                    ref.gm_to_iso_gaussian(means, logstds, logweights)):
+        _close(a, b, dtype)
+
+
 @pytest.mark.parametrize("K", [65, 130])
 @pytest.mark.parametrize("HW", [(1, 1), (4, 5)])
 def test_many_components_cross_block_boundaries(device, K, HW):

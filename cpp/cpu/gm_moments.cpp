@@ -16,6 +16,7 @@ namespace GMFLOW_CPU_ISA {
 namespace {
 
 constexpr int64_t kChannelGroup = 8;  // channels accumulated at once in registers/stack
+constexpr int64_t kCachedComponents = 16;  // K up to this: a tile's weights are computed once
 
 // ------------------------------------------------------------------ pixel tiles
 
@@ -123,53 +124,76 @@ GMFLOW_ALWAYS_INLINE void to_iso_gaussian_tile(const GmToIsoGaussianParams<T>& p
   const GmOperands<T>& gm = prm.gm;
   const int64_t n = kWidth > 0 ? kWidth : count;
   const int64_t K = gm.K, C = gm.C, P = gm.P;
-  A zero[kTile], one[kTile], w[kTile], between[kTile], within[kTile], m[kChannelGroup][kTile];
+  // The weights of up to kCachedComponents components are computed once per tile (one exp per
+  // component and pixel); both passes over the means, and the within term, reuse them.
+  const bool cached = K <= kCachedComponents;
+  A zero[kTile], one[kTile], w_scratch[kTile], between[kTile], within[kTile], m[kChannelGroup][kTile];
+  A w_cache[kCachedComponents][kTile];
   for (int64_t v = 0; v < kTile; ++v) {
     zero[v] = A(0);
     one[v] = A(1);
     between[v] = A(0);
     within[v] = A(0);
   }
+  if (cached) {
+    for (int64_t k = 0; k < K; ++k) tile_weights<kWidth>(gm, g, p0, count, k, A(1), zero, one, w_cache[k]);
+  }
+  const auto weights = [&](int64_t k) -> const A* {
+    if (cached) return w_cache[k];
+    tile_weights<kWidth>(gm, g, p0, count, k, A(1), zero, one, w_scratch);
+    return w_scratch;
+  };
   for (int64_t c0 = 0; c0 < C; c0 += kChannelGroup) {
     const int64_t nc = std::min(kChannelGroup, C - c0);
     for (int64_t c = 0; c < nc; ++c)
       for (int64_t v = 0; v < n; ++v) m[c][v] = A(0);
     for (int64_t k = 0; k < K; ++k) {
-      tile_weights<kWidth>(gm, g, p0, count, k, A(1), zero, one, w);
+      const A* GMFLOW_RESTRICT w = weights(k);
       for (int64_t c = 0; c < nc; ++c) {
         const T* mu = g.means + k * gm.means_sk + (c0 + c) * gm.means_sc + p0;
+        A* GMFLOW_RESTRICT mc = m[c];
 #pragma omp simd
-        for (int64_t v = 0; v < n; ++v) m[c][v] += w[v] * load_acc(mu + v);
+        for (int64_t v = 0; v < n; ++v) mc[v] += w[v] * load_acc(mu + v);
       }
     }
     for (int64_t k = 0; k < K; ++k) {
-      tile_weights<kWidth>(gm, g, p0, count, k, A(1), zero, one, w);
+      const A* GMFLOW_RESTRICT w = weights(k);
       for (int64_t c = 0; c < nc; ++c) {
         const T* mu = g.means + k * gm.means_sk + (c0 + c) * gm.means_sc + p0;
+        const A* GMFLOW_RESTRICT mc = m[c];
 #pragma omp simd
         for (int64_t v = 0; v < n; ++v) {
-          const A d = load_acc(mu + v) - m[c][v];
+          const A d = load_acc(mu + v) - mc[v];
           between[v] += w[v] * d * d;
         }
       }
     }
     for (int64_t c = 0; c < nc; ++c) {
       T* out = prm.mean + (b * C + c0 + c) * P + p0;
+#pragma omp simd
       for (int64_t v = 0; v < n; ++v) store_acc(out + v, m[c][v]);
     }
   }
   if (gm.logstds_k == 1) {
     const T* ls = g.logstds;
-    for (int64_t v = 0; v < n; ++v) within[v] = fast_exp(A(2) * load_acc(ls + (gm.logstds_sp ? p0 + v : 0)));
+    if (gm.logstds_sp) {
+#pragma omp simd
+      for (int64_t v = 0; v < n; ++v) within[v] = fast_exp(A(2) * load_acc(ls + p0 + v));
+    } else {
+      const A shared = fast_exp(A(2) * load_acc(ls));
+      for (int64_t v = 0; v < n; ++v) within[v] = shared;
+    }
   } else {
     for (int64_t k = 0; k < K; ++k) {
-      tile_weights<kWidth>(gm, g, p0, count, k, A(1), zero, one, w);
+      const A* GMFLOW_RESTRICT w = weights(k);
       const T* ls = g.logstds + k * gm.logstds_sk;
       for (int64_t v = 0; v < n; ++v) within[v] += w[v] * fast_exp(A(2) * load_acc(ls + (gm.logstds_sp ? p0 + v : 0)));
     }
   }
   const A inv_c = C > 0 ? A(1) / A(C) : A(0);
-  for (int64_t v = 0; v < n; ++v) store_acc(prm.var + b * P + p0 + v, between[v] * inv_c + within[v]);
+  T* var = prm.var + b * P + p0;
+#pragma omp simd
+  for (int64_t v = 0; v < n; ++v) store_acc(var + v, between[v] * inv_c + within[v]);
 }
 
 // ------------------------------------------------------------------ packed components (small P)
@@ -289,7 +313,7 @@ GMFLOW_ALWAYS_INLINE void to_mean_backward_packed(const GmToMeanBackwardParams<T
   }
 }
 
-template <typename T>
+template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void to_iso_gaussian_packed(const GmToIsoGaussianParams<T>& prm, const BatchGm<T>& g, int64_t b,
                                                  int64_t p) {
   using A = acc_t<T>;
@@ -298,24 +322,52 @@ GMFLOW_ALWAYS_INLINE void to_iso_gaussian_packed(const GmToIsoGaussianParams<T>&
   const PackedWeights<T> weights(gm, g, p, A(1), false);
   A scratch[kBlock];
   A between = A(0), within = A(0);
-  for (int64_t c = 0; c < C; ++c) {
-    A m = A(0);
+  if constexpr (kC > 0) {
+    // Packed (k, c) means: both passes vectorise over the components.
+    A m[kC] = {};
     for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
       const int64_t count = std::min(kBlock, K - k0);
       const A* w = weights.block(k0, count, scratch);
-      const T* mu = g.means + p + c * gm.means_sc + k0 * gm.means_sk;
-      for (int64_t j = 0; j < count; ++j) m += w[j] * load_acc(mu + j * gm.means_sk);
+      const T* mu = g.means + p + k0 * kC;
+#pragma omp simd reduction(+ : m[:kC])
+      for (int64_t j = 0; j < count; ++j)
+        for (int64_t c = 0; c < kC; ++c) m[c] += w[j] * load_acc(mu + j * kC + c);
     }
     for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
       const int64_t count = std::min(kBlock, K - k0);
       const A* w = weights.block(k0, count, scratch);
-      const T* mu = g.means + p + c * gm.means_sc + k0 * gm.means_sk;
+      const T* mu = g.means + p + k0 * kC;
+#pragma omp simd reduction(+ : between)
       for (int64_t j = 0; j < count; ++j) {
-        const A d = load_acc(mu + j * gm.means_sk) - m;
-        between += w[j] * d * d;
+        A q = A(0);
+        for (int64_t c = 0; c < kC; ++c) {
+          const A d = load_acc(mu + j * kC + c) - m[c];
+          q += d * d;
+        }
+        between += w[j] * q;
       }
     }
-    store_acc(prm.mean + (b * C + c) * P + p, m);
+    for (int64_t c = 0; c < kC; ++c) store_acc(prm.mean + (b * C + c) * P + p, m[c]);
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      A m = A(0);
+      for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
+        const int64_t count = std::min(kBlock, K - k0);
+        const A* w = weights.block(k0, count, scratch);
+        const T* mu = g.means + p + c * gm.means_sc + k0 * gm.means_sk;
+        for (int64_t j = 0; j < count; ++j) m += w[j] * load_acc(mu + j * gm.means_sk);
+      }
+      for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
+        const int64_t count = std::min(kBlock, K - k0);
+        const A* w = weights.block(k0, count, scratch);
+        const T* mu = g.means + p + c * gm.means_sc + k0 * gm.means_sk;
+        for (int64_t j = 0; j < count; ++j) {
+          const A d = load_acc(mu + j * gm.means_sk) - m;
+          between += w[j] * d * d;
+        }
+      }
+      store_acc(prm.mean + (b * C + c) * P + p, m);
+    }
   }
   const T* ls = g.logstds + p * gm.logstds_sp;
   if (gm.logstds_k == 1) {
@@ -376,7 +428,10 @@ GMFLOW_FLATTEN void dispatch_range(const GmToIsoGaussianParams<T>& prm, int64_t 
       []<int kW>(const auto& q, const auto& g, int64_t bi, int64_t p0, int64_t n) {
         to_iso_gaussian_tile<kW>(q, g, bi, p0, n);
       },
-      [](const auto& q, const auto& g, int64_t bi, int64_t p) { to_iso_gaussian_packed(q, g, bi, p); });
+      [](const auto& q, const auto& g, int64_t bi, int64_t p) {
+        dispatch_packed_channels(q.gm.C, packed_means(q.gm),
+                                 [&]<int kC>() { to_iso_gaussian_packed<kC>(q, g, bi, p); });
+      });
 }
 
 template <class Params, class Operands>
