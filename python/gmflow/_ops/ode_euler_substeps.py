@@ -63,23 +63,6 @@ def reference(means, logstds, logweights, x_src, sigmas, eps=1e-6):
     return x.expand(*batch, *x.shape[-3:]).to(means.dtype).contiguous()
 
 
-def _posterior_terms(mu, ls, lw, x, x_src, s_src, s_t, eps):
-    """``(c_tgt, var / den, mu', softmax weights)`` of the posterior mean at ``x``, as in
-    :func:`gmflow.reference.flow.gm_posterior_mean` (K at dim -4)."""
-    C = mu.shape[-3]
-    s_s, s_t = torch.clamp_min(s_src, eps), torch.clamp_min(s_t, eps)
-    a_s, a_t = 1 - s_s, 1 - s_t
-    zeta = ((a_t / s_t).square() - (a_s / s_s).square()).unsqueeze(-4)
-    nu = (a_t * x / s_t.square() - a_s * x_src / s_s.square()).unsqueeze(-4)
-    var = torch.exp(2 * ls)
-    den = torch.clamp_min(var * zeta + 1, eps)
-    moved = (var * nu + mu) / den
-    logits = lw + (mu * (nu - 0.5 * zeta * mu)).sum(dim=-3, keepdim=True) / den
-    if ls.shape[-4] != 1:
-        logits = logits + 0.5 * var * nu.square().sum(dim=-3, keepdim=True) / den - 0.5 * C * torch.log(den)
-    return a_t / s_t.square(), var / den, moved, torch.softmax(logits, dim=-4)
-
-
 def reference_backward(grad, means, logstds, logweights, x_src, sigmas, eps, output_mask):
     """Gradients of :func:`reference` w.r.t. ``(means, logstds, logweights)``, by recompute.
 
@@ -103,7 +86,8 @@ def reference_backward(grad, means, logstds, logweights, x_src, sigmas, eps, out
     for j in reversed(range(S)):
         x = states[j]
         s_src, s_j, ratio = _substep_sigmas(s, j, xs, eps)
-        c_tgt, var_den, moved, pi = _posterior_terms(mu, ls, lw, x, xs, s_src, s_j, eps)
+        t = pm.posterior_terms(mu, ls, lw, x, xs, s_src, s_j, eps)
+        c_tgt, var_den, moved, pi = t.c_tgt, t.var / t.den, t.moved, t.pi
         x0 = (pi * moved).sum(dim=-4)
         h = (1 - ratio) * g
         grads = pm.reference_backward(h, mu, ls, lw, xs, x.expand_as(h), s[0], s[j], x0, eps, output_mask)

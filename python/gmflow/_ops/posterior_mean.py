@@ -6,6 +6,8 @@ accumulation dtype (float32 for 16-bit data). Differentiable w.r.t. the GM (``gm
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -51,6 +53,41 @@ def reference(means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, ep
     return out.expand(*batch, *out.shape[-3:]).to(means.dtype).contiguous()
 
 
+class PosteriorTerms(NamedTuple):
+    """The per-component terms of the posterior mean (K at dim -4): ``c_tgt = a_t / s_t^2``, ``zeta``, ``nu``,
+    ``var``, ``den = max(var zeta + 1, eps)``, the moved means ``mu'``, ``delta`` (the logit shift),
+    ``sq = sum_c nu_c^2`` and the softmax weights ``pi``."""
+
+    c_tgt: Tensor
+    zeta: Tensor
+    nu: Tensor
+    var: Tensor
+    den: Tensor
+    moved: Tensor
+    delta: Tensor
+    sq: Tensor
+    pi: Tensor
+
+
+def posterior_terms(mu, ls, lw, x_tgt, x_src, sigma_src, sigma_tgt, eps) -> PosteriorTerms:
+    """The terms of :func:`gmflow.reference.flow.gm_posterior_mean` at ``x_tgt``, for the analytic gradients;
+    the sigmas broadcast against ``x (..., C, H, W)`` and are clamped to ``eps`` here."""
+    C = mu.shape[-3]
+    s_s, s_t = torch.clamp_min(sigma_src, eps), torch.clamp_min(sigma_tgt, eps)
+    a_s, a_t = 1 - s_s, 1 - s_t
+    zeta = ((a_t / s_t).square() - (a_s / s_s).square()).unsqueeze(-4)
+    nu = (a_t * x_tgt / s_t.square() - a_s * x_src / s_s.square()).unsqueeze(-4)
+    var = torch.exp(2 * ls)
+    den = torch.clamp_min(var * zeta + 1, eps)
+    moved = (var * nu + mu) / den
+    delta = (mu * (nu - 0.5 * zeta * mu)).sum(dim=-3, keepdim=True) / den
+    sq = nu.square().sum(dim=-3, keepdim=True)
+    logits = lw + delta
+    if ls.shape[-4] != 1:
+        logits = logits + 0.5 * var * sq / den - 0.5 * C * torch.log(den)
+    return PosteriorTerms(a_t / s_t.square(), zeta, nu, var, den, moved, delta, sq, torch.softmax(logits, dim=-4))
+
+
 def reference_backward(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask):
     """Gradients of :func:`reference` w.r.t. ``(means, logstds, logweights)``.
 
@@ -67,24 +104,11 @@ def reference_backward(grad, means, logstds, logweights, x_src, x_tgt, sigma_src
     mu, ls, lw, xs, xt, ss, st, g, out = (
         t.to(work) for t in (means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, grad, mean)
     )
-    C = mu.shape[-3]
-    s_s = torch.clamp_min(_sigma_like(ss, xs), eps)
-    s_t = torch.clamp_min(_sigma_like(st, xt), eps)
-    a_s, a_t = 1 - s_s, 1 - s_t
-    zeta = ((a_t / s_t).square() - (a_s / s_s).square()).unsqueeze(-4)
-    nu = (a_t * xt / s_t.square() - a_s * xs / s_s.square()).unsqueeze(-4)
-    var = torch.exp(2 * ls)
-    raw = var * zeta + 1
-    den = torch.clamp_min(raw, eps)
-    dden = torch.where(raw > eps, zeta, torch.zeros_like(zeta))
-    moved = (var * nu + mu) / den
-    delta = (mu * (nu - 0.5 * zeta * mu)).sum(dim=-3, keepdim=True) / den
+    t = posterior_terms(mu, ls, lw, xt, xs, _sigma_like(ss, xs), _sigma_like(st, xt), eps)
+    C, zeta, nu, var, den, moved, delta, sq, pi = (mu.shape[-3], t.zeta, t.nu, t.var, t.den, t.moved, t.delta,
+                                                   t.sq, t.pi)
+    dden = torch.where(var * zeta + 1 > eps, zeta, torch.zeros_like(zeta))
     per_component = ls.shape[-4] != 1
-    sq = nu.square().sum(dim=-3, keepdim=True)
-    logits = lw + delta
-    if per_component:
-        logits = logits + 0.5 * var * sq / den - 0.5 * C * torch.log(den)
-    pi = torch.softmax(logits, dim=-4)
     g = g.unsqueeze(-4)
     d = (g * (moved - out.unsqueeze(-4))).sum(dim=-3, keepdim=True)
     g_means, g_logstds, g_logweights = (means.new_empty(0) for _ in range(3))  # distinct: outputs must not alias
