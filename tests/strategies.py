@@ -1,91 +1,16 @@
-"""Hypothesis strategies and builders of GM operand sets for the op tests."""
+"""Hypothesis strategies of GM operand sets for the op tests (GmCase and with_layout live in
+gmflow._ops.sample_data, where the op modules build their test recipes from them)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 from hypothesis import strategies as st
 
+from gmflow._ops.sample_data import LOGSTD_LAYOUTS, GmCase, with_layout
+
+__all__ = ["DTYPES", "LOGSTD_LAYOUTS", "GmCase", "gm_cases", "tolerances", "with_layout"]
+
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-
-# Logstd layouts accepted by the ops: last four dims as a function of (K, H, W).
-LOGSTD_LAYOUTS = {
-    "shared": lambda K, H, W: (1, 1, 1, 1),
-    "per_component_pixel": lambda K, H, W: (K, 1, H, W),
-    "per_pixel": lambda K, H, W: (1, 1, H, W),
-    "per_component": lambda K, H, W: (K, 1, 1, 1),
-}
-
-
-@dataclass
-class GmCase:
-    """Shapes and memory layouts of one (means, logstds, logweights, samples) set."""
-
-    batch: tuple[int, ...]
-    K: int
-    C: int
-    H: int
-    W: int
-    N: int
-    dtype: torch.dtype = torch.float32
-    logstd_layout: str = "shared"
-    # Per operand: how many leading batch dims it drops, and which of its dims are size-1 broadcasts.
-    drop: dict = field(default_factory=dict)
-    ones: dict = field(default_factory=dict)
-    # Per operand: None, "pixel" (non-unit pixel stride), "outer" (strided K/N dim), "expand" (stride-0 batch).
-    layout: dict = field(default_factory=dict)
-    seed: int = 0
-
-    def batch_of(self, name: str) -> list[int]:
-        b = list(self.batch[self.drop.get(name, 0):])
-        offset = len(self.batch) - len(b)
-        for d in self.ones.get(name, ()):
-            if d >= offset:
-                b[d - offset] = 1
-        return b
-
-    def shapes(self) -> dict[str, list[int]]:
-        K, C, H, W = self.K, self.C, self.H, self.W
-        return {
-            "means": self.batch_of("means") + [K, C, H, W],
-            "logstds": self.batch_of("logstds") + list(LOGSTD_LAYOUTS[self.logstd_layout](K, H, W)),
-            "logweights": self.batch_of("logweights") + [K, 1, H, W],
-            "samples": self.batch_of("samples") + [self.N, C, H, W],
-        }
-
-    def tensors(self, device="cpu", requires_grad=False) -> tuple[torch.Tensor, ...]:
-        g = torch.Generator().manual_seed(self.seed)
-        shapes = self.shapes()
-        values = {
-            "means": torch.randn(shapes["means"], generator=g, dtype=torch.float64),
-            "logstds": torch.rand(shapes["logstds"], generator=g, dtype=torch.float64) * 2.0 - 1.5,
-            "logweights": torch.log_softmax(torch.randn(shapes["logweights"], generator=g, dtype=torch.float64), -4),
-            "samples": 1.5 * torch.randn(shapes["samples"], generator=g, dtype=torch.float64),
-        }
-        out = []
-        for name in ("means", "logstds", "logweights", "samples"):
-            t = with_layout(values[name].to(self.dtype), self.layout.get(name), self.batch)
-            t = t.to(device)
-            if requires_grad:
-                t = t.detach().requires_grad_()
-            out.append(t)
-        return tuple(out)
-
-
-def with_layout(t: torch.Tensor, kind: str | None, batch) -> torch.Tensor:
-    """Same values, different strides (what the kernels must handle without help)."""
-    if kind is None:
-        return t
-    if kind == "pixel":  # H and W swapped in memory: non-unit pixel stride
-        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
-    if kind == "outer":  # every other element along dim -4 (K or N)
-        big = torch.zeros(*t.shape[:-4], 2 * t.shape[-4], *t.shape[-3:], dtype=t.dtype)
-        big[..., ::2, :, :, :] = t
-        return big[..., ::2, :, :, :]
-    if kind == "expand" and t.dim() > 4 and t.shape[0] > 1:  # stride-0 leading batch dim
-        return t[:1].expand(t.shape)
-    return t
 
 
 @st.composite

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gmflow import _library
+from gmflow._ops.sample_data import RandomOperands
 from gmflow._validation import MAX_N_STEPS, GMFlowInputError
 
 from conftest import NATIVE_CPU, requires_native_cpu
@@ -54,71 +55,28 @@ def poisoned_memory():
         torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
 
-def acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ------------------------------------------------------------------------------------------------
-# A valid call of every op, as an ordered {argument: value} of its schema
+# A valid call of every op, as an ordered {argument: value} of its schema (each op module registers
+# its recipe: OpDef.register_valid_call)
 
 
 def valid_call(op: str, B=2, K=2, C=2, H=2, W=3, N=2, dtype=torch.float32, seed=0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, dt=dtype, lo=-1.0, hi=1.0):
-        return (torch.rand(*shape, generator=g, dtype=torch.float64) * (hi - lo) + lo).to(dt)
-
-    means, logstds = rnd(B, K, C, H, W), rnd(B, 1, 1, 1, 1, lo=-1.0, hi=0.0)
-    logweights = rnd(B, K, 1, H, W).float().log_softmax(-4).to(dtype) if K else rnd(B, K, 1, H, W)
-    gm = dict(means=means, logstds=logstds, logweights=logweights)
-    m1, ls1, lw1 = rnd(B, K, H, W), rnd(B, 1, 1, 1, lo=-1.0, hi=0.0), rnd(B, K, H, W)
-    gm1d = dict(means=m1, logstds=ls1, logweights=lw1)
-    a = acc(dtype)
-
-    def ode_sigmas():  # (S+1, B): three sub-steps from about 0.8 to 0
-        return rnd(B, dt=a, lo=0.6, hi=0.9) * torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=a)[:, None]
-
-    calls = {
-        "gm_logprob": lambda: dict(**gm, samples=rnd(B, N, C, H, W)),
-        "gm_logprob_backward": lambda: dict(grad=rnd(B, N, H, W), **gm, samples=rnd(B, N, C, H, W),
-                                            logprob=rnd(B, N, H, W), output_mask=[True] * 4),
-        "gm_to_mean": lambda: dict(means=means, logweights=logweights, power=1.0),
-        "gm_to_mean_backward": lambda: dict(grad=rnd(B, C, H, W), means=means, logweights=logweights,
-                                            mean=rnd(B, C, H, W), power=1.0, output_mask=[True] * 2),
-        "gm_to_iso_gaussian": lambda: dict(**gm),
-        "gm_mul_iso_gaussian": lambda: dict(**gm, gaussian_mean=rnd(B, C, H, W), gaussian_var=rnd(B, 1, 1, 1, lo=0.5),
-                                            gm_power=1.0, gaussian_power=1.0, eps=1e-6),
-        "gm_posterior_mean": lambda: dict(**gm, x_src=rnd(B, C, H, W), x_tgt=rnd(B, C, H, W),
-                                          sigma_src=rnd(B, dt=a, lo=0.6, hi=0.9),
-                                          sigma_tgt=rnd(B, dt=a, lo=0.1, hi=0.5),
-                                          eps=1e-6),
-        "gm_posterior_mean_backward": lambda: dict(grad=rnd(B, C, H, W), **gm, x_src=rnd(B, C, H, W),
-                                                   x_tgt=rnd(B, C, H, W), sigma_src=rnd(B, dt=a, lo=0.6, hi=0.9),
-                                                   sigma_tgt=rnd(B, dt=a, lo=0.1, hi=0.5), mean=rnd(B, C, H, W),
-                                                   eps=1e-6, output_mask=[True] * 3),
-        "gm_ode_euler_substeps": lambda: dict(**gm, x_src=rnd(B, C, H, W), sigmas=ode_sigmas(), eps=1e-6),
-        "gm_ode_euler_substeps_backward": lambda: dict(grad=rnd(B, C, H, W), **gm, x_src=rnd(B, C, H, W),
-                                                 sigmas=ode_sigmas(), eps=1e-6, output_mask=[True] * 3),
-        "gm1d_inverse_cdf": lambda: dict(**gm1d, scaled_cdfs=rnd(B, N, H, W, lo=-0.9, hi=0.9),
-                                         gaussian_samples=rnd(B, N, H, W), n_steps=8, eps=1e-6, max_step_size=1.5),
-        "gm1d_inverse_cdf_backward": lambda: dict(grad=rnd(B, N, H, W), **gm1d,
-                                                  scaled_cdfs=rnd(B, N, H, W, lo=-0.9, hi=0.9),
-                                                  samples=rnd(B, N, H, W), eps=1e-6, output_mask=[True] * 4),
-        "gm_kr_inverse": lambda: dict(**gm, gaussian_samples=rnd(B, N, C, H, W),
-                                      rotation=torch.eye(C, dtype=a).expand(B, 1, 1, C, C).contiguous(),
-                                      uniforms=rnd(B, N, 1, H, W, dt=a, lo=0.0), n_axes=max(C - 1, 1), n_steps=16,
-                                      eps=1e-6, max_step_size=1.5),
-        "gm_kr_forward": lambda: dict(**gm, samples=rnd(B, N, C, H, W),
-                                      rotation=torch.eye(C, dtype=a).expand(B, 1, 1, C, C).contiguous(), n_axes=None,
-                                      eps=1e-6),
-        "gm_sample": lambda: dict(**gm, uniforms=rnd(B, N, 1, H, W, dt=a, lo=0.0), normals=rnd(B, N, C, H, W, dt=a),
-                                  gm_power=1.0, cov_sharpen=False),
-    }
-    assert set(calls) == set(_library.SCHEMAS)
-    return calls[op]()
+    return _library.OPS[op].valid_call(RandomOperands(B, K, C, H, W, N, dtype, seed))
 
 
 OPS = sorted(_library.SCHEMAS)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("K", [0, 2])
+def test_every_op_has_a_valid_call_of_its_schema(op, K):
+    """The recipe names every schema argument, in order, and the call passes the op's checks."""
+    assert _library.OPS[op].valid_call_fn is not None, f"{op} registers no valid call"
+    call = valid_call(op, K=K)
+    schema = getattr(G, op).default._schema
+    assert list(call) == [a.name for a in schema.arguments], op
+    if K:
+        assert assert_same(op, call)[0] == "ok", op
 
 
 def _gm_power_ok(value: float, call: dict) -> bool:

@@ -11,11 +11,8 @@ GMFLOW_TEST_KERNELS=cuda-emulation (see tests/conftest.py and .ci/run)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import torch
@@ -23,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NATIVE_CPU
-from gmflow import testing
-from strategies import DTYPES, GmCase, gm_cases, tolerances, with_layout
+from gmflow import _library, testing
+from gmflow._ops.sample_data import GmCase, random_rotation
+from strategies import DTYPES, gm_cases, tolerances
 
 try:
     EMU = testing.load_cuda_emulation()
@@ -53,190 +51,20 @@ def _case_counts():
             json.dump(rows, f, indent=1)
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def choose_from(data):
+    """The ``choose(label, options)`` of the op modules' parity builders, drawn by hypothesis."""
+
+    def choose(label, options):
+        if isinstance(options, range):
+            return data.draw(st.integers(options.start, options.stop - 1), label=label)
+        return data.draw(st.sampled_from(options), label=label)
+
+    return choose
 
 
-def _extra(case: GmCase, name: str, tail, seed: int, kind="normal", low=0.0, high=1.0, dtype=None):
-    """An operand with the batch of `name` in the case and trailing dims `tail`."""
-    g = torch.Generator().manual_seed(case.seed + seed)
-    shape = case.batch_of(name) + list(tail)
-    t = torch.randn(shape, generator=g, dtype=torch.float64) if kind == "normal" else (
-        low + (high - low) * torch.rand(shape, generator=g, dtype=torch.float64))
-    t = t.to(dtype or case.dtype)
-    return with_layout(t, case.layout.get(name), case.batch) if len(tail) >= 4 else t
-
-
-def _grad_like(out: torch.Tensor, seed: int) -> torch.Tensor:
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return g.to(out.dtype)
-
-
-def _rotation(case: GmCase, per_pixel: bool) -> torch.Tensor:
-    g = torch.Generator().manual_seed(case.seed)
-    pixels = (case.H, case.W) if per_pixel else (1, 1)
-    q, _ = torch.linalg.qr(torch.randn(*case.batch_of("means"), *pixels, case.C, case.C, generator=g,
-                                       dtype=torch.float64))
-    return q.to(_acc(case.dtype))
-
-
-def _mask(data, n):
-    return data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="output_mask")
-
-
-# Argument builders: (case, hypothesis data) -> the op's positional arguments. Backward ops take
-# the forward output of the native CPU kernel, so both implementations see the same inputs.
-
-
-def _logprob(case, data):
-    return case.tensors()
-
-
-def _logprob_backward(case, data):
-    args = case.tensors()
-    out = torch.ops.gmflow.gm_logprob(*args)
-    return (_grad_like(out, case.seed), *args, out, _mask(data, 4))
-
-
-def _to_mean(case, data):
-    means, _, logweights, _ = case.tensors()
-    return means, logweights, data.draw(st.sampled_from([1.0, 0.5, 2.0, 0.0]), label="power")
-
-
-def _to_mean_backward(case, data):
-    means, logweights, power = _to_mean(case, data)
-    out = torch.ops.gmflow.gm_to_mean(means, logweights, power)
-    return _grad_like(out, case.seed), means, logweights, out, power, _mask(data, 2)
-
-
-def _iso(case, data):
-    return case.tensors()[:3]
-
-
-def _mul_iso(case, data):
-    means, logstds, logweights, _ = case.tensors()
-    per_pixel = data.draw(st.booleans(), label="per_pixel_var")
-    g_mean = _extra(case, "samples", (case.C, case.H, case.W), 3)
-    var_tail = (1, case.H, case.W) if per_pixel else (1, 1, 1)
-    g_var = _extra(case, "logweights", var_tail, 4, kind="uniform", low=0.05, high=2.0)
-    powers = data.draw(st.sampled_from([(1.0, 1.0), (0.5, 1.0), (2.0, 0.3)]), label="powers")
-    return means, logstds, logweights, g_mean, g_var, *powers, 1e-6
-
-
-def _posterior(case, data):
-    means, logstds, logweights, _ = case.tensors()
-    x_src = _extra(case, "samples", (case.C, case.H, case.W), 3)
-    x_tgt = _extra(case, "means", (case.C, case.H, case.W), 4)
-    s_src = _extra(case, "logstds", (), 5, kind="uniform", low=0.3, high=0.95, dtype=torch.float64)
-    s_tgt = s_src * _extra(case, "logstds", (), 6, kind="uniform", low=0.05, high=0.95, dtype=torch.float64)
-    acc = _acc(case.dtype)
-    return means, logstds, logweights, x_src, x_tgt, s_src.to(acc), s_tgt.to(acc), 1e-6
-
-
-def _posterior_backward(case, data):
-    args = _posterior(case, data)
-    out = torch.ops.gmflow.gm_posterior_mean(*args)
-    return (_grad_like(out, case.seed), *args[:-1], out, 1e-6, _mask(data, 3))
-
-
-def _ode_euler_substeps(case, data):
-    means, logstds, logweights, _ = case.tensors()
-    x_src = _extra(case, "samples", (case.C, case.H, case.W), 3)
-    S = data.draw(st.integers(1, 6), label="S")
-    final = data.draw(st.sampled_from([0.0, 0.05]), label="final_sigma")
-    s_src = _extra(case, "logstds", (), 5, kind="uniform", low=0.3, high=0.95, dtype=torch.float64)
-    frac = torch.linspace(1.0, 0.0, S + 1, dtype=torch.float64).reshape(S + 1, *([1] * s_src.dim()))
-    sigmas = (final + (s_src - final) * frac).to(_acc(case.dtype))
-    return means, logstds, logweights, x_src, sigmas, 1e-6
-
-
-def _ode_euler_substeps_backward(case, data):
-    args = _ode_euler_substeps(case, data)
-    out = torch.ops.gmflow.gm_ode_euler_substeps(*args)
-    return (_grad_like(out, case.seed), *args, _mask(data, 3))
-
-
-def _gm1d(case, data):
-    means, _, logweights, samples = case.tensors()
-    logstds = _extra(case, "logstds", (1, 1, 1), 7, kind="uniform", low=-1.5, high=0.3)
-    g = samples[..., 0, :, :]
-    with_gaussian = data.draw(st.booleans(), label="with_gaussian")
-    c = torch.erf(g.double() / math.sqrt(2)).to(case.dtype) if with_gaussian else torch.tanh(g)
-    n_steps = data.draw(st.sampled_from([0, 1, 3, 8, 16]), label="n_steps")
-    return (means[..., 0, :, :], logstds, logweights[..., 0, :, :], c, g if with_gaussian else None, n_steps,
-            1e-6, 1.5)
-
-
-def _gm1d_backward(case, data):
-    m, s, w, c, _, _, eps, step = _gm1d(case, data)
-    x = torch.ops.gmflow.gm1d_inverse_cdf(m, s, w, c, None, 8, eps, step)
-    return _grad_like(x, case.seed), m, s, w, c, x, eps, _mask(data, 4)
-
-
-def _kr(case, data):
-    means, logstds, logweights, samples = case.tensors()
-    n_axes = data.draw(st.integers(1, case.C), label="n_axes")
-    rotation = _rotation(case, data.draw(st.booleans(), label="per_pixel_rotation"))
-    uniforms = None
-    if n_axes < case.C:
-        uniforms = _extra(case, "samples", (case.N, 1, case.H, case.W), 8, kind="uniform", dtype=_acc(case.dtype))
-    return means, logstds, logweights, samples, rotation, uniforms, n_axes
-
-
-def _kr_inverse(case, data):
-    n_steps = data.draw(st.sampled_from([0, 2, 16]), label="n_steps")
-    return (*_kr(case, data), n_steps, 1e-6, 1.5)
-
-
-def _kr_forward(case, data):
-    means, logstds, logweights, samples, rotation, _, n_axes = _kr(case, data)
-    return means, logstds, logweights, samples, rotation, n_axes, 1e-6
-
-
-def _sample(case, data):
-    means, logstds, logweights, samples = case.tensors()
-    acc = _acc(case.dtype)
-    u = _extra(case, "samples", (case.N, 1, case.H, case.W), 9, kind="uniform", dtype=acc)
-    power = data.draw(st.sampled_from([1.0, 0.5, 2.0]), label="power")
-    return means, logstds, logweights, u, samples.to(acc), power, data.draw(st.booleans(), label="cov_sharpen")
-
-
-def _u_space(x: torch.Tensor) -> torch.Tensor:
-    """erf(x / sqrt 2): KR outputs compared where erfinv's amplification of rounding is undone."""
-    return torch.erf(x.double() / math.sqrt(2))
-
-
-@dataclass
-class OpSpec:
-    build: Callable
-    case_options: dict = field(default_factory=dict)  # gm_cases options besides the dtype
-    factor: float = 1.0  # tolerance factor of the op's CPU-vs-reference suite
-    float_view: Callable | None = None  # compare fp32/16-bit outputs through this map
-    dtypes: tuple = tuple(DTYPES)
-
-
-_SHARED = {"logstd_layouts": ("shared",)}
-OPS: dict[str, OpSpec] = {
-    "gm_logprob": OpSpec(_logprob),
-    "gm_logprob_backward": OpSpec(_logprob_backward),
-    "gm_to_mean": OpSpec(_to_mean),
-    "gm_to_mean_backward": OpSpec(_to_mean_backward),
-    "gm_to_iso_gaussian": OpSpec(_iso),
-    "gm_mul_iso_gaussian": OpSpec(_mul_iso, factor=4.0),
-    "gm_posterior_mean": OpSpec(_posterior, {"max_k": 33}, factor=4.0),
-    "gm_posterior_mean_backward": OpSpec(_posterior_backward, {"max_k": 33}, factor=8.0),
-    "gm_ode_euler_substeps": OpSpec(_ode_euler_substeps, {"max_k": 33}, factor=8.0),
-    "gm_ode_euler_substeps_backward": OpSpec(_ode_euler_substeps_backward, {"max_k": 33}, factor=16.0),
-    # Unconverged float Newton steps divide erf rounding differences by the pdf: the float
-    # suites compare converged (or zero-step) solves, as the reference suite does.
-    "gm1d_inverse_cdf": OpSpec(_gm1d, _SHARED, factor=5.0,
-                               dtypes=(torch.float64, torch.float32, torch.bfloat16)),
-    "gm1d_inverse_cdf_backward": OpSpec(_gm1d_backward, _SHARED, factor=10.0, dtypes=(torch.float64, torch.float32)),
-    "gm_kr_inverse": OpSpec(_kr_inverse, {"max_k": 16, **_SHARED}, factor=10.0),
-    "gm_kr_forward": OpSpec(_kr_forward, {"max_k": 16, **_SHARED}, factor=2.0, float_view=_u_space),
-    "gm_sample": OpSpec(_sample),
-}
-PARITY = [(op, dtype) for op, spec in OPS.items() for dtype in spec.dtypes]
+# Each op module registers how to call its op (OpDef.register_parity_args).
+OPS = {name: op.parity for name, op in _library.OPS.items()}
+PARITY = [(op, dtype) for op, recipe in OPS.items() for dtype in (recipe.dtypes or DTYPES)]
 
 
 # Float Newton solves are compared at convergence (0 steps, or enough steps for both): an fp32
@@ -246,11 +74,11 @@ PARITY = [(op, dtype) for op, spec in OPS.items() for dtype in spec.dtypes]
 FLOAT_NEWTON_STEPS = 64
 
 
-def _float_converged(op: str, args: tuple, dtype) -> tuple:
+def _float_converged(recipe, args: tuple, dtype) -> tuple:
     if dtype == torch.float64:
         return args
     args = list(args)
-    step_index = {"gm1d_inverse_cdf": 5, "gm_kr_inverse": 7}.get(op)
+    step_index = recipe.newton_steps_arg
     if step_index is not None and args[step_index] != 0:
         args[step_index] = FLOAT_NEWTON_STEPS
     return tuple(args)
@@ -294,7 +122,9 @@ def test_schemas_are_those_of_gmflow():
         (emu,) = torch._C._jit_get_schemas_for_operator(f"{testing.NAMESPACE}::{name}")
         assert str(emu).split("::", 1)[1] == schema
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{testing.NAMESPACE}::{name}", "CPU"), name
-    assert set(OPS) == set(schemas), "every op needs a parity entry in OPS"
+    assert set(OPS) == set(schemas)
+    missing = [name for name, recipe in OPS.items() if recipe is None]
+    assert not missing, f"ops without parity args (register_parity_args): {missing}"
 
 
 @requires_emulation
@@ -303,16 +133,16 @@ def test_schemas_are_those_of_gmflow():
 @given(data=st.data())
 @settings(max_examples=12)
 def test_emulated_cuda_matches_cpu_kernels(op, dtype, grid, data):
-    spec = OPS[op]
-    case = data.draw(gm_cases(dtypes=[dtype], **spec.case_options), label="case")
-    args = _float_converged(op, spec.build(case, data), case.dtype)
+    recipe = OPS[op]
+    case = data.draw(gm_cases(dtypes=[dtype], **recipe.case_options), label="case")
+    args = _float_converged(recipe, recipe.build(case, choose_from(data)), case.dtype)
     expected = _as_tuple(getattr(torch.ops.gmflow, op)(*args))
     with testing.cuda_emulation_grid(*GRIDS[grid]):
         actual = _as_tuple(getattr(EMU, op)(*args))
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
         assert a.is_contiguous()
-        _close(a, e, case.dtype, spec.factor, spec.float_view)
+        _close(a, e, case.dtype, recipe.factor, recipe.float_view)
     CASES[(op, str(case.dtype).removeprefix("torch."), grid)] += 1
 
 
@@ -324,7 +154,7 @@ def test_draws_pick_the_same_components(grid):
     means, logstds, logweights, normals = case.tensors()
     means = means * 40.0
     uniforms = torch.rand(2, 4, 1, 3, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    rotation = _rotation(case, per_pixel=False)
+    rotation = random_rotation(case, per_pixel=False)
     calls = {
         "gm_sample": (means, logstds, logweights, uniforms, normals, 1.0, False),
         "gm_kr_inverse": (means, logstds, logweights, normals, rotation, uniforms, 1, 16, 1e-6, 1.5),

@@ -13,6 +13,7 @@ from torch.library import opcheck
 
 import gmflow
 from gmflow import _library, config, ops
+from gmflow._ops.sample_data import wrapper_operands
 from gmflow._validation import GMFlowInputError
 
 OP_NAMES = list(_library.OPS)
@@ -21,6 +22,18 @@ OP_NAMES = list(_library.OPS)
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_every_op_has_sample_inputs(name):
     assert _library.OPS[name].sample_inputs("cpu"), f"{name} has no sample inputs"
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_every_op_has_its_suite_recipes(name):
+    """A valid call (bad-input suite) and parity args (emulated-CUDA suite), next to the op."""
+    missing = _library.missing_recipes(_library.OPS[name])
+    assert not missing, f"{name} lacks: {', '.join(missing)}"
+
+
+def test_a_missing_recipe_is_named():
+    bare = _library.OpDef("gm_made_up", "gm_made_up(Tensor means) -> Tensor")
+    assert _library.missing_recipes(bare) == ["fallback", "fake", "sample inputs", "valid call", "parity args"]
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
@@ -89,29 +102,15 @@ def test_registry_matches_the_dispatcher():
 
 
 def _wrapper_call(name):
-    gen = torch.Generator().manual_seed(0)
-    gm = gmflow.GaussianMixture(torch.randn(2, 3, 2, 4, 4, generator=gen), torch.full((2, 1, 1, 1, 1), -0.5),
-                                torch.log_softmax(torch.randn(2, 3, 1, 4, 4, generator=gen), dim=-4))
-    x = torch.randn(2, 2, 4, 4, generator=gen)
-    samples = torch.randn(2, 1, 2, 4, 4, generator=gen)
-    calls = {
-        "gm_logprob": lambda gm: ops.gm_logprob(gm, samples),
-        "gm_to_mean": lambda gm: ops.gm_to_mean(gm),
-        "gm_to_iso_gaussian": lambda gm: ops.gm_to_iso_gaussian(gm),
-        "gm_mul_iso_gaussian": lambda gm: ops.gm_mul_iso_gaussian(gm, gmflow.IsoGaussian(x, torch.ones(2, 1, 1, 1))),
-        "gm_posterior_mean": lambda gm: ops.gm_posterior_mean(gm, x, x.flip(-1), t_src=700.0, t_tgt=400.0),
-        "gm_ode_euler_substeps": lambda gm: ops.gm_ode_euler_substeps(gm, x, sigmas=torch.tensor([0.7, 0.4, 0.0])),
-        "gm1d_inverse_cdf": lambda gm: ops.gm1d_inverse_cdf(
-            gmflow.GaussianMixture1D(gm.means[:, :, 0], gm.logstds[:, 0], gm.logweights[:, :, 0]),
-            torch.tanh(samples[:, :, 0])),
-        "gm_kr_rotation": lambda gm: ops.gm_kr_rotation(gm),
-        "gaussian_samples_to_gm_samples": lambda gm: ops.gaussian_samples_to_gm_samples(gm, samples),
-        "gm_samples_to_gaussian_samples": lambda gm: ops.gm_samples_to_gaussian_samples(gm, samples),
-        "gm_to_sample": lambda gm: ops.gm_to_sample(gm, generator=torch.Generator().manual_seed(1)),
-        "gm_spectral_sample": lambda gm: ops.gm_spectral_sample(gm, generator=torch.Generator().manual_seed(1)),
-        "gm_to_model_output": lambda gm: ops.gm_to_model_output(gm, "mean"),
-    }
-    return gm, calls[name]
+    """The fixed GM and a call of wrapper ``name`` on a GM (its module's registered example)."""
+    given = wrapper_operands()
+    example = _library.WRAPPER_EXAMPLES[name]
+    return given.gm, lambda gm: example(gm, given)
+
+
+@pytest.mark.parametrize("name", ops.NATIVE_OPS)
+def test_every_native_wrapper_has_an_example(name):
+    assert name in _library.WRAPPER_EXAMPLES, f"gmflow.ops.{name} registers no example (register_wrapper_example)"
 
 
 def test_every_native_wrapper_has_the_nan_check():

@@ -13,4 +13,4 @@ MODULES = [
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name)
 ]
 
-_library.check_complete()
+_library.check_complete(wrappers=tuple(name for module in MODULES for name in module.__all__))

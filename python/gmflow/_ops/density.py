@@ -7,13 +7,13 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_grads, empty_like_means
+from gmflow._library import SampleInput, define, empty_grads, empty_like_means, register_wrapper_example
 from gmflow.reference import density as ref
 from gmflow.reference.common import result_dtype
 from gmflow.types import GaussianMixture, GaussianMixtureCov, IsoGaussian
 
 from .support import names_nan_inputs, same_dtype
-from .sample_data import gm_tensors
+from .sample_data import grad_like, gm_tensors, output_mask
 
 #: The typed wrappers this module adds to :mod:`gmflow.ops`.
 __all__ = ["gm_logprob", "gm_to_mean", "gm_to_iso_gaussian"]
@@ -57,6 +57,16 @@ def _logprob_inputs(device):
         yield SampleInput((*gm, samples), grad_argnums=(0, 1, 2, 3))
 
 
+@logprob.register_valid_call
+def _logprob_valid_call(r):
+    return dict(**r.gm, samples=r.rand(r.B, r.N, r.C, r.H, r.W))
+
+
+@logprob.register_parity_args()
+def _logprob_parity_args(case, choose):
+    return case.tensors()
+
+
 def _logprob_backward_checks(grad, means, logstds, logweights, samples, logprob, output_mask):
     op = "gm_logprob_backward"
     out_shape = V.logprob_shapes(op, means, logstds, logweights, samples)
@@ -84,6 +94,19 @@ def _logprob_backward_inputs(device):
             yield SampleInput((torch.randn_like(out), *gm, samples, out, mask))
 
 
+@logprob_backward.register_valid_call
+def _logprob_backward_valid_call(r):
+    return dict(grad=r.rand(r.B, r.N, r.H, r.W), **r.gm, samples=r.rand(r.B, r.N, r.C, r.H, r.W),
+                logprob=r.rand(r.B, r.N, r.H, r.W), output_mask=[True] * 4)
+
+
+@logprob_backward.register_parity_args()
+def _logprob_backward_parity_args(case, choose):
+    args = case.tensors()
+    out = torch.ops.gmflow.gm_logprob(*args)
+    return (grad_like(out, case.seed), *args, out, output_mask(choose, 4))
+
+
 @names_nan_inputs
 def gm_logprob(gm: GaussianMixture, samples: Tensor) -> Tensor:
     """Log density of ``samples (..., N, C, H, W)`` per pixel, summed over channels: ``(..., N, H, W)``.
@@ -94,6 +117,11 @@ def gm_logprob(gm: GaussianMixture, samples: Tensor) -> Tensor:
     """
     tensors = _promoted(*gm, samples)
     return torch.ops.gmflow.gm_logprob(*tensors)
+
+
+@register_wrapper_example(gm_logprob)
+def _gm_logprob_example(gm, given):
+    return gm_logprob(gm, given.samples)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,6 +172,17 @@ def _to_mean_inputs(device):
         yield SampleInput((gm.means, gm.logweights), {"power": 2.0}, grad_argnums=(0, 1))
 
 
+@to_mean.register_valid_call
+def _to_mean_valid_call(r):
+    return dict(means=r.gm["means"], logweights=r.gm["logweights"], power=1.0)
+
+
+@to_mean.register_parity_args()
+def _to_mean_parity_args(case, choose):
+    means, _, logweights, _ = case.tensors()
+    return means, logweights, choose("power", (1.0, 0.5, 2.0, 0.0))
+
+
 def _to_mean_backward_checks(grad, means, logweights, mean, power, output_mask):
     op = "gm_to_mean_backward"
     batch, (K, C, H, W) = V.pixel_op_batch(op, means, None, logweights)
@@ -173,6 +212,19 @@ def _to_mean_backward_inputs(device):
             yield SampleInput((torch.randn_like(mean), gm.means, gm.logweights, mean, 0.5, mask))
 
 
+@to_mean_backward.register_valid_call
+def _to_mean_backward_valid_call(r):
+    return dict(grad=r.rand(r.B, r.C, r.H, r.W), means=r.gm["means"], logweights=r.gm["logweights"],
+                mean=r.rand(r.B, r.C, r.H, r.W), power=1.0, output_mask=[True] * 2)
+
+
+@to_mean_backward.register_parity_args()
+def _to_mean_backward_parity_args(case, choose):
+    means, logweights, power = _to_mean_parity_args(case, choose)
+    out = torch.ops.gmflow.gm_to_mean(means, logweights, power)
+    return grad_like(out, case.seed), means, logweights, out, power, output_mask(choose, 2)
+
+
 def _as_iso_layout(gm: GaussianMixture | GaussianMixtureCov) -> tuple[Tensor, Tensor]:
     """(means (..., K, C, H, W), logweights (..., K, 1, H, W)) of either GM layout."""
     if isinstance(gm, GaussianMixtureCov):
@@ -189,6 +241,11 @@ def gm_to_mean(gm: GaussianMixture | GaussianMixtureCov, power: float = 1.0) -> 
     """
     means, logweights = _promoted(*_as_iso_layout(gm))
     return torch.ops.gmflow.gm_to_mean(means, logweights, float(power))
+
+
+@register_wrapper_example(gm_to_mean)
+def _gm_to_mean_example(gm, given):
+    return gm_to_mean(gm)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,6 +289,16 @@ def _iso_inputs(device):
         yield SampleInput(tuple(gm), grad_argnums=(0, 1, 2))
 
 
+@to_iso_gaussian.register_valid_call
+def _iso_valid_call(r):
+    return dict(**r.gm)
+
+
+@to_iso_gaussian.register_parity_args()
+def _iso_parity_args(case, choose):
+    return case.tensors()[:3]
+
+
 @names_nan_inputs
 def gm_to_iso_gaussian(gm: GaussianMixture) -> IsoGaussian:
     """Moment-matched isotropic Gaussian per pixel: mean ``(..., C, H, W)``, var ``(..., 1, H, W)``.
@@ -241,6 +308,11 @@ def gm_to_iso_gaussian(gm: GaussianMixture) -> IsoGaussian:
     """
     mean, var = torch.ops.gmflow.gm_to_iso_gaussian(*_promoted(*gm))
     return IsoGaussian(mean, var)
+
+
+@register_wrapper_example(gm_to_iso_gaussian)
+def _gm_to_iso_gaussian_example(gm, given):
+    return gm_to_iso_gaussian(gm)
 
 
 def _promoted(*tensors: Tensor) -> list[Tensor]:

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_grads, empty_like_means
+from gmflow._library import SampleInput, define, empty_grads, empty_like_means, register_wrapper_example
 from gmflow.reference import gm1d as ref_gm1d
 from gmflow.reference.common import acc_dtype, result_dtype, sum_to_shape
 from gmflow.types import GaussianMixture1D
 
-from .sample_data import gm_tensors
+from .sample_data import BOOLEANS, extra, gm_tensors, grad_like, output_mask
 from .support import names_nan_inputs
 
 #: The typed wrappers this module adds to :mod:`gmflow.ops`.
@@ -126,6 +126,30 @@ def _inputs(device):
         yield SampleInput((*args, samples[..., 0, :, :]), {"n_steps": 3, "eps": 1e-5, "max_step_size": 1.0})
 
 
+@op.register_valid_call
+def _valid_call(r):
+    return dict(**r.gm1d, scaled_cdfs=r.rand(r.B, r.N, r.H, r.W, lo=-0.9, hi=0.9),
+                gaussian_samples=r.rand(r.B, r.N, r.H, r.W), n_steps=8, eps=1e-6, max_step_size=1.5)
+
+
+_SHARED_STD = {"logstd_layouts": ("shared",)}
+
+
+# Unconverged float Newton steps divide erf rounding differences by the pdf: the float parity
+# suites compare converged (or zero-step) solves, as the reference suite does.
+@op.register_parity_args(factor=5.0, case_options=_SHARED_STD, newton_steps_arg=5,
+                         dtypes=(torch.float64, torch.float32, torch.bfloat16))
+def _parity_args(case, choose):
+    means, _, logweights, samples = case.tensors()
+    logstds = extra(case, "logstds", (1, 1, 1), 7, kind="uniform", low=-1.5, high=0.3)
+    g = samples[..., 0, :, :]
+    with_gaussian = choose("with_gaussian", BOOLEANS)
+    c = torch.erf(g.double() / math.sqrt(2)).to(case.dtype) if with_gaussian else torch.tanh(g)
+    n_steps = choose("n_steps", (0, 1, 3, 8, 16))
+    return (means[..., 0, :, :], logstds, logweights[..., 0, :, :], c, g if with_gaussian else None, n_steps,
+            1e-6, 1.5)
+
+
 def _backward_checks(grad, means, logstds, logweights, scaled_cdfs, samples, eps, output_mask):
     name = "gm1d_inverse_cdf_backward"
     shape = V.inverse_cdf_shape(name, means, logstds, logweights, scaled_cdfs)
@@ -153,6 +177,19 @@ def _backward_inputs(device):
         x = torch.ops.gmflow.gm1d_inverse_cdf(*args, None, 8)
         for mask in ([True] * 4, [False, True, False, True]):
             yield SampleInput((torch.randn_like(x), *args, x, 1e-6, mask))
+
+
+@backward_op.register_valid_call
+def _backward_valid_call(r):
+    return dict(grad=r.rand(r.B, r.N, r.H, r.W), **r.gm1d, scaled_cdfs=r.rand(r.B, r.N, r.H, r.W, lo=-0.9, hi=0.9),
+                samples=r.rand(r.B, r.N, r.H, r.W), eps=1e-6, output_mask=[True] * 4)
+
+
+@backward_op.register_parity_args(factor=10.0, case_options=_SHARED_STD, dtypes=(torch.float64, torch.float32))
+def _backward_parity_args(case, choose):
+    m, s, w, c, _, _, eps, step = _parity_args(case, choose)
+    x = torch.ops.gmflow.gm1d_inverse_cdf(m, s, w, c, None, 8, eps, step)
+    return grad_like(x, case.seed), m, s, w, c, x, eps, output_mask(choose, 4)
 
 
 @names_nan_inputs
@@ -189,3 +226,9 @@ def gm1d_inverse_cdf(
     g = tensors[4] if gaussian_samples is not None else None
     x = torch.ops.gmflow.gm1d_inverse_cdf(*tensors[:4], g, n_steps, float(eps), float(max_step_size))
     return x.to(result_dtype(means, scaled_cdfs))
+
+
+@register_wrapper_example(gm1d_inverse_cdf)
+def _example(gm, given):
+    gm1d = GaussianMixture1D(gm.means[:, :, 0], gm.logstds[:, 0], gm.logweights[:, :, 0])
+    return gm1d_inverse_cdf(gm1d, torch.tanh(given.samples[:, :, 0]))

@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_like_means
+from gmflow._library import SampleInput, define, empty_like_means, register_wrapper_example
 from gmflow.reference import gm1d, transport
 from gmflow.reference.common import acc_dtype, categorical_from_uniforms, check_gm, check_shared_logstds, result_dtype
 from gmflow.types import GaussianMixture, GaussianMixture1D
 
-from .sample_data import gm_tensors
+from .sample_data import BOOLEANS, extra, gm_tensors, random_rotation
 from .support import names_nan_inputs, needs_grad, same_dtype
 
 #: The typed wrappers this module adds to :mod:`gmflow.ops`.
@@ -153,6 +153,37 @@ def _inverse_inputs(device):
         yield SampleInput((*gm, samples, rotation))
 
 
+def _identity_rotation(r):
+    return torch.eye(r.C, dtype=r.acc).expand(r.B, 1, 1, r.C, r.C).contiguous()
+
+
+@inverse_op.register_valid_call
+def _inverse_valid_call(r):
+    return dict(**r.gm, gaussian_samples=r.rand(r.B, r.N, r.C, r.H, r.W), rotation=_identity_rotation(r),
+                uniforms=r.rand(r.B, r.N, 1, r.H, r.W, dtype=r.acc, lo=0.0), n_axes=max(r.C - 1, 1), n_steps=16,
+                eps=1e-6, max_step_size=1.5)
+
+
+_PARITY_CASES = {"max_k": 16, "logstd_layouts": ("shared",)}
+
+
+def _parity_operands(case, choose):
+    """GM, samples, rotation, uniforms (for the axes past ``n_axes``) and ``n_axes`` of a KR call."""
+    means, logstds, logweights, samples = case.tensors()
+    n_axes = choose("n_axes", range(1, case.C + 1))
+    rotation = random_rotation(case, choose("per_pixel_rotation", BOOLEANS))
+    uniforms = None
+    if n_axes < case.C:
+        uniforms = extra(case, "samples", (case.N, 1, case.H, case.W), 8, kind="uniform", dtype=acc_dtype(case.dtype))
+    return means, logstds, logweights, samples, rotation, uniforms, n_axes
+
+
+@inverse_op.register_parity_args(factor=10.0, case_options=_PARITY_CASES, newton_steps_arg=7)
+def _inverse_parity_args(case, choose):
+    n_steps = choose("n_steps", (0, 2, 16))
+    return (*_parity_operands(case, choose), n_steps, 1e-6, 1.5)
+
+
 @forward_op.register_fallback
 def _forward_fallback(means, logstds, logweights, samples, rotation, n_axes=None, eps=1e-6):
     V.kr_forward_shape("gm_kr_forward", means, logstds, logweights, samples, rotation, n_axes, eps)
@@ -171,6 +202,22 @@ def _forward_inputs(device):
         rotation, _ = _rotation_and_uniforms(gm, samples)
         yield SampleInput((*gm, samples, rotation), {"n_axes": 1})
         yield SampleInput((*gm, samples, rotation))
+
+
+@forward_op.register_valid_call
+def _forward_valid_call(r):
+    return dict(**r.gm, samples=r.rand(r.B, r.N, r.C, r.H, r.W), rotation=_identity_rotation(r), n_axes=None, eps=1e-6)
+
+
+def _u_space(x: Tensor) -> Tensor:
+    """erf(x / sqrt 2): KR outputs compared where erfinv's amplification of rounding is undone."""
+    return torch.erf(x.double() / math.sqrt(2))
+
+
+@forward_op.register_parity_args(factor=2.0, case_options=_PARITY_CASES, float_view=_u_space)
+def _forward_parity_args(case, choose):
+    means, logstds, logweights, samples, rotation, _, n_axes = _parity_operands(case, choose)
+    return means, logstds, logweights, samples, rotation, n_axes, 1e-6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,6 +259,11 @@ def gm_kr_rotation(gm: GaussianMixture, axis_aligned: bool = True) -> Tensor:
     if gm.logstds.shape[-4:] != (1, 1, 1, 1):
         return transport.gm_kr_rotation(gm, axis_aligned)
     return _kr_rotation(gm, axis_aligned, acc_dtype(*(t.dtype for t in gm)))
+
+
+@register_wrapper_example(gm_kr_rotation)
+def _rotation_example(gm, given):
+    return gm_kr_rotation(gm)
 
 
 def _kr_setup(gm, samples, samples_name, n_axes, axis_aligned, rotation):
@@ -282,6 +334,11 @@ def gaussian_samples_to_gm_samples(
     return x.to(dtype)
 
 
+@register_wrapper_example(gaussian_samples_to_gm_samples)
+def _inverse_example(gm, given):
+    return gaussian_samples_to_gm_samples(gm, given.samples)
+
+
 @names_nan_inputs
 def gm_samples_to_gaussian_samples(
     gm: GaussianMixture,
@@ -315,3 +372,8 @@ def gm_samples_to_gaussian_samples(
     if not axis_aligned:
         g = (g.movedim(-3, -1).unsqueeze(-2) @ V_.transpose(-1, -2).unsqueeze(-5)).squeeze(-2).movedim(-1, -3)
     return g.to(dtype)
+
+
+@register_wrapper_example(gm_samples_to_gaussian_samples)
+def _forward_example(gm, given):
+    return gm_samples_to_gaussian_samples(gm, given.samples)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_like_means
+from gmflow._library import SampleInput, define, empty_like_means, register_wrapper_example
 from gmflow.reference import algebra
 from gmflow.reference.common import check_channels, check_gm
 from gmflow.types import GaussianMixture, IsoGaussian, check_iso_gaussian
 
-from .sample_data import gm_tensors
+from .sample_data import BOOLEANS, extra, gm_tensors
 from .support import broadcast_view, names_nan_inputs, needs_grad, same_dtype
 
 #: The typed wrappers this module adds to :mod:`gmflow.ops`.
@@ -66,6 +66,23 @@ def _inputs(device):
         yield SampleInput((*gm, g_mean, torch.full_like(g_mean[..., :1, :, :], 0.7)), {"gm_power": 2.0})
 
 
+@op.register_valid_call
+def _valid_call(r):
+    return dict(**r.gm, gaussian_mean=r.rand(r.B, r.C, r.H, r.W), gaussian_var=r.rand(r.B, 1, 1, 1, lo=0.5),
+                gm_power=1.0, gaussian_power=1.0, eps=1e-6)
+
+
+@op.register_parity_args(factor=4.0)
+def _parity_args(case, choose):
+    means, logstds, logweights, _ = case.tensors()
+    per_pixel = choose("per_pixel_var", BOOLEANS)
+    g_mean = extra(case, "samples", (case.C, case.H, case.W), 3)
+    var_tail = (1, case.H, case.W) if per_pixel else (1, 1, 1)
+    g_var = extra(case, "logweights", var_tail, 4, kind="uniform", low=0.05, high=2.0)
+    powers = choose("powers", ((1.0, 1.0), (0.5, 1.0), (2.0, 0.3)))
+    return means, logstds, logweights, g_mean, g_var, *powers, 1e-6
+
+
 @names_nan_inputs
 def gm_mul_iso_gaussian(
     gm: GaussianMixture,
@@ -107,3 +124,8 @@ def gm_mul_iso_gaussian(
     # The container-level result's logstds have the batch of (logstds, var) only.
     out_logstds = broadcast_view(out_logstds, torch.broadcast_shapes(logstds.shape[:-4], var_g.shape[:-3]), 4)
     return algebra.expand_pixel_logstds(GaussianMixture(out_means, out_logstds, out_logweights))
+
+
+@register_wrapper_example(gm_mul_iso_gaussian)
+def _example(gm, given):
+    return gm_mul_iso_gaussian(gm, IsoGaussian(given.x, torch.ones(2, 1, 1, 1)))

@@ -13,13 +13,13 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_grads, empty_like_means
+from gmflow._library import SampleInput, define, empty_grads, empty_like_means, register_wrapper_example
 from gmflow.reference import flow
 from gmflow.reference.common import acc_dtype, check_gm, result_dtype
 from gmflow.types import GaussianMixture
 
 from . import posterior_mean as pm
-from .sample_data import gm_tensors
+from .sample_data import extra, gm_tensors, grad_like, output_mask
 from .support import names_nan_inputs, needs_grad, same_dtype, should_check_values
 
 #: The typed wrappers this module adds to :mod:`gmflow.ops`.
@@ -172,6 +172,28 @@ def _inputs(device):
         yield SampleInput(_args(gm, samples, case), grad_argnums=(0, 1, 2))
 
 
+def _valid_sigmas(r):
+    """(S+1, B): three sub-steps from about 0.8 to 0."""
+    return r.rand(r.B, dtype=r.acc, lo=0.6, hi=0.9) * torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=r.acc)[:, None]
+
+
+@op.register_valid_call
+def _valid_call(r):
+    return dict(**r.gm, x_src=r.rand(r.B, r.C, r.H, r.W), sigmas=_valid_sigmas(r), eps=1e-6)
+
+
+@op.register_parity_args(factor=8.0, case_options={"max_k": 33})
+def _parity_args(case, choose):
+    means, logstds, logweights, _ = case.tensors()
+    x_src = extra(case, "samples", (case.C, case.H, case.W), 3)
+    S = choose("S", range(1, 7))
+    final = choose("final_sigma", (0.0, 0.05))
+    s_src = extra(case, "logstds", (), 5, kind="uniform", low=0.3, high=0.95, dtype=torch.float64)
+    frac = torch.linspace(1.0, 0.0, S + 1, dtype=torch.float64).reshape(S + 1, *([1] * s_src.dim()))
+    sigmas = (final + (s_src - final) * frac).to(acc_dtype(case.dtype))
+    return means, logstds, logweights, x_src, sigmas, 1e-6
+
+
 def _backward_checks(grad, means, logstds, logweights, x_src, sigmas, eps, output_mask):
     name = "gm_ode_euler_substeps_backward"
     shape = _shape(name, means, logstds, logweights, x_src, sigmas)
@@ -199,6 +221,19 @@ def _backward_inputs(device):
         out = torch.ops.gmflow.gm_ode_euler_substeps(*args)
         for mask in ([True] * 3, [False, True, False]):
             yield SampleInput((torch.randn_like(out), *args, 1e-6, mask))
+
+
+@backward_op.register_valid_call
+def _backward_valid_call(r):
+    return dict(grad=r.rand(r.B, r.C, r.H, r.W), **r.gm, x_src=r.rand(r.B, r.C, r.H, r.W), sigmas=_valid_sigmas(r),
+                eps=1e-6, output_mask=[True] * 3)
+
+
+@backward_op.register_parity_args(factor=16.0, case_options={"max_k": 33})
+def _backward_parity_args(case, choose):
+    args = _parity_args(case, choose)
+    out = torch.ops.gmflow.gm_ode_euler_substeps(*args)
+    return (grad_like(out, case.seed), *args, output_mask(choose, 3))
 
 
 @names_nan_inputs
@@ -247,3 +282,8 @@ def gm_ode_euler_substeps(
     if not native:
         return reference(*(v.to(dtype) for v in gm), x_src.to(dtype), grid, eps)
     return torch.ops.gmflow.gm_ode_euler_substeps(*gm, x_src, grid, float(eps))
+
+
+@register_wrapper_example(gm_ode_euler_substeps)
+def _example(gm, given):
+    return gm_ode_euler_substeps(gm, given.x, sigmas=torch.tensor([0.7, 0.4, 0.0]))

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_grads, empty_like_means
+from gmflow._library import SampleInput, define, empty_grads, empty_like_means, register_wrapper_example
 from gmflow.reference import flow
 from gmflow.reference.common import acc_dtype, check_channels, check_gm, sum_to_shape
 from gmflow.types import GaussianMixture
 
-from .sample_data import acc_full, gm_tensors
+from .sample_data import acc_full, extra, gm_tensors, grad_like, output_mask
 from .support import names_nan_inputs, needs_grad, same_dtype
 
 #: The typed wrappers this module adds to :mod:`gmflow.ops`.
@@ -174,6 +174,24 @@ def _inputs(device):
         yield SampleInput(_args(gm, samples), grad_argnums=(0, 1, 2))
 
 
+@op.register_valid_call
+def _valid_call(r):
+    return dict(**r.gm, x_src=r.rand(r.B, r.C, r.H, r.W), x_tgt=r.rand(r.B, r.C, r.H, r.W),
+                sigma_src=r.rand(r.B, dtype=r.acc, lo=0.6, hi=0.9), sigma_tgt=r.rand(r.B, dtype=r.acc, lo=0.1, hi=0.5),
+                eps=1e-6)
+
+
+@op.register_parity_args(factor=4.0, case_options={"max_k": 33})
+def _parity_args(case, choose):
+    means, logstds, logweights, _ = case.tensors()
+    x_src = extra(case, "samples", (case.C, case.H, case.W), 3)
+    x_tgt = extra(case, "means", (case.C, case.H, case.W), 4)
+    s_src = extra(case, "logstds", (), 5, kind="uniform", low=0.3, high=0.95, dtype=torch.float64)
+    s_tgt = s_src * extra(case, "logstds", (), 6, kind="uniform", low=0.05, high=0.95, dtype=torch.float64)
+    acc = acc_dtype(case.dtype)
+    return means, logstds, logweights, x_src, x_tgt, s_src.to(acc), s_tgt.to(acc), 1e-6
+
+
 def _backward_checks(grad, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt, mean, eps, output_mask):
     name = "gm_posterior_mean_backward"
     shape = V.posterior_mean_shape(name, means, logstds, logweights, x_src, x_tgt, sigma_src, sigma_tgt)
@@ -202,6 +220,21 @@ def _backward_inputs(device):
         mean = torch.ops.gmflow.gm_posterior_mean(*args)
         for mask in ([True] * 3, [False, True, False]):
             yield SampleInput((torch.randn_like(mean), *args, mean, 1e-6, mask))
+
+
+@backward_op.register_valid_call
+def _backward_valid_call(r):
+    return dict(grad=r.rand(r.B, r.C, r.H, r.W), **r.gm, x_src=r.rand(r.B, r.C, r.H, r.W),
+                x_tgt=r.rand(r.B, r.C, r.H, r.W), sigma_src=r.rand(r.B, dtype=r.acc, lo=0.6, hi=0.9),
+                sigma_tgt=r.rand(r.B, dtype=r.acc, lo=0.1, hi=0.5), mean=r.rand(r.B, r.C, r.H, r.W), eps=1e-6,
+                output_mask=[True] * 3)
+
+
+@backward_op.register_parity_args(factor=8.0, case_options={"max_k": 33})
+def _backward_parity_args(case, choose):
+    args = _parity_args(case, choose)
+    out = torch.ops.gmflow.gm_posterior_mean(*args)
+    return (grad_like(out, case.seed), *args[:-1], out, 1e-6, output_mask(choose, 3))
 
 
 def _batch_sigma(sigma: Tensor) -> Tensor | None:
@@ -265,3 +298,8 @@ def gm_posterior_mean(
         if not same_dtype(*gm):
             gm = gm.map(lambda v: v.to(dtype))
     return torch.ops.gmflow.gm_posterior_mean(*gm, x_src, x_tgt, s_src, s_tgt, float(eps))
+
+
+@register_wrapper_example(gm_posterior_mean)
+def _example(gm, given):
+    return gm_posterior_mean(gm, given.x, given.x.flip(-1), t_src=700.0, t_tgt=400.0)

@@ -12,14 +12,14 @@ import torch
 from torch import Tensor
 
 from gmflow import _validation as V
-from gmflow._library import SampleInput, define, empty_like_means
+from gmflow._library import SampleInput, define, empty_like_means, register_wrapper_example
 from gmflow.reference import algebra, flow
 from gmflow.reference.common import acc_dtype, categorical_from_uniforms, check_gm, gm_batch_shape
 from gmflow.types import GaussianMixture, GaussianMixtureCov
 
 from .density import gm_to_mean
 from .kr import gaussian_samples_to_gm_samples
-from .sample_data import gm_tensors
+from .sample_data import BOOLEANS, extra, gm_tensors
 from .support import names_nan_inputs, needs_grad, same_dtype
 
 #: The typed wrappers this module adds to :mod:`gmflow.ops`.
@@ -85,6 +85,21 @@ def _inputs(device):
         yield SampleInput((*gm, u, samples.to(acc)))
 
 
+@op.register_valid_call
+def _valid_call(r):
+    return dict(**r.gm, uniforms=r.rand(r.B, r.N, 1, r.H, r.W, dtype=r.acc, lo=0.0),
+                normals=r.rand(r.B, r.N, r.C, r.H, r.W, dtype=r.acc), gm_power=1.0, cov_sharpen=False)
+
+
+@op.register_parity_args()
+def _parity_args(case, choose):
+    means, logstds, logweights, samples = case.tensors()
+    acc = acc_dtype(case.dtype)
+    u = extra(case, "samples", (case.N, 1, case.H, case.W), 9, kind="uniform", dtype=acc)
+    power = choose("power", (1.0, 0.5, 2.0))
+    return means, logstds, logweights, u, samples.to(acc), power, choose("cov_sharpen", BOOLEANS)
+
+
 def _check_n_samples(op: str, n_samples) -> None:
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise V.GMFlowInputError(f"{op}(): 'n_samples' must be a positive integer (the N of the samples' "
@@ -123,6 +138,11 @@ def gm_to_sample(
     return out.to(means.dtype)
 
 
+@register_wrapper_example(gm_to_sample)
+def _sample_example(gm, given):
+    return gm_to_sample(gm, generator=torch.Generator().manual_seed(1))
+
+
 @names_nan_inputs
 def gm_spectral_sample(
     gm: GaussianMixture,
@@ -152,6 +172,11 @@ def gm_spectral_sample(
     return samples.to(gm.means.dtype), spectral
 
 
+@register_wrapper_example(gm_spectral_sample)
+def _spectral_example(gm, given):
+    return gm_spectral_sample(gm, generator=torch.Generator().manual_seed(1))
+
+
 @names_nan_inputs
 def gm_to_model_output(
     gm: GaussianMixture,
@@ -166,3 +191,8 @@ def gm_to_model_output(
     if output_mode == "sample":
         return gm_spectral_sample(gm, power_spectrum, n_samples=1, generator=generator)[0].squeeze(-4)
     raise ValueError(f"output_mode must be 'mean' or 'sample', got {output_mode!r}")
+
+
+@register_wrapper_example(gm_to_model_output)
+def _model_output_example(gm, given):
+    return gm_to_model_output(gm, "mean")
