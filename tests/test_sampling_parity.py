@@ -19,8 +19,9 @@ from gmflow._ops import kr as kr_op
 from gmflow._ops import mul_iso_gaussian as mul_op
 from gmflow._ops import posterior_mean as posterior_op
 from gmflow._ops import sample as sample_op
+from gmflow._ops.sample_data import extra
 from gmflow.reference.common import acc_dtype
-from strategies import GmCase, gm_cases, tolerances, with_layout
+from strategies import GmCase, gm_cases, tolerances
 
 
 def _require_native(device):
@@ -52,10 +53,7 @@ def _extra(case: GmCase, name: str, tail, seed: int, low=None, high=None, kind="
 
 
 def _data(case, name, tail, seed, device, dtype=None, **kw):
-    t = _extra(case, name, tail, seed, **kw).to(dtype or case.dtype)
-    if len(tail) >= 4:
-        t = with_layout(t, case.layout.get(name), case.batch)
-    return t.to(device)
+    return extra(case, name, tail, seed, dtype=dtype, **kw).to(device)
 
 
 # ------------------------------------------------------------------------------------------------
