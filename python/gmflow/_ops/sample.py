@@ -138,11 +138,6 @@ def gm_to_sample(
     return out.to(means.dtype)
 
 
-@register_wrapper_example(gm_to_sample)
-def _sample_example(gm, given):
-    return gm_to_sample(gm, generator=torch.Generator().manual_seed(1))
-
-
 @names_nan_inputs
 def gm_spectral_sample(
     gm: GaussianMixture,
@@ -172,11 +167,6 @@ def gm_spectral_sample(
     return samples.to(gm.means.dtype), spectral
 
 
-@register_wrapper_example(gm_spectral_sample)
-def _spectral_example(gm, given):
-    return gm_spectral_sample(gm, generator=torch.Generator().manual_seed(1))
-
-
 @names_nan_inputs
 def gm_to_model_output(
     gm: GaussianMixture,
@@ -191,6 +181,16 @@ def gm_to_model_output(
     if output_mode == "sample":
         return gm_spectral_sample(gm, power_spectrum, n_samples=1, generator=generator)[0].squeeze(-4)
     raise ValueError(f"output_mode must be 'mean' or 'sample', got {output_mode!r}")
+
+
+@register_wrapper_example(gm_to_sample)
+def _sample_example(gm, given):
+    return gm_to_sample(gm, generator=torch.Generator().manual_seed(1))
+
+
+@register_wrapper_example(gm_spectral_sample)
+def _spectral_example(gm, given):
+    return gm_spectral_sample(gm, generator=torch.Generator().manual_seed(1))
 
 
 @register_wrapper_example(gm_to_model_output)
