@@ -1,31 +1,64 @@
-// Run-time choice between the baseline and AVX2 builds of the CPU kernels.
+// Run-time choice between the baseline, AVX2 and AVX-512 builds of the CPU kernels.
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
 #include "gmflow/cpu_kernels.h"
 
 namespace gmflow {
 namespace cpu {
 namespace {
 
-bool use_avx2() {
-#if defined(GMFLOW_HAVE_AVX2_BUILD) && defined(__x86_64__) && defined(__GNUC__)
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return supported;
-#else
-  return false;
+enum class Isa { baseline, avx2, avx512 };
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+Isa best_supported_isa() {
+#if defined(GMFLOW_HAVE_X86_ISA_BUILDS) && defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  // The x86-64-v4 feature set the avx512 build is compiled for.
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
 #endif
+  return Isa::baseline;
+}
+
+// GMFLOW_CPU_ISA=baseline|avx2|avx512 caps the choice (benchmarks compare ISAs in one build);
+// a higher ISA than the machine has, or any other value, leaves the best supported one.
+Isa chosen_isa() {
+  static const Isa chosen = [] {
+    const Isa best = best_supported_isa();
+    const char* cap = std::getenv("GMFLOW_CPU_ISA");
+    if (cap == nullptr) return best;
+    for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512})
+      if (std::strcmp(cap, isa_name(isa)) == 0 && isa < best) return isa;
+    return best;
+  }();
+  return chosen;
 }
 
 }  // namespace
 
-const char* active_isa() { return use_avx2() ? "avx2" : "baseline"; }
+const char* active_isa() { return isa_name(chosen_isa()); }
 
-#if defined(GMFLOW_HAVE_AVX2_BUILD)
-#define GMFLOW_DEFINE_CPU_RUN(name, Params)                          \
-  template <typename T>                                             \
-  void run(const Params<T>& p, const ParallelFor& pf) {             \
-    use_avx2() ? avx2::name(p, pf) : baseline::name(p, pf);         \
+#if defined(GMFLOW_HAVE_X86_ISA_BUILDS)
+#define GMFLOW_DEFINE_CPU_RUN(name, Params)                  \
+  template <typename T>                                     \
+  void run(const Params<T>& p, const ParallelFor& pf) {     \
+    switch (chosen_isa()) {                                 \
+      case Isa::avx512: return avx512::name(p, pf);         \
+      case Isa::avx2: return avx2::name(p, pf);             \
+      default: return baseline::name(p, pf);                \
+    }                                                       \
   }
 #else
 #define GMFLOW_DEFINE_CPU_RUN(name, Params)              \
@@ -45,3 +78,8 @@ GMFLOW_FOR_EACH_KERNEL(GMFLOW_INSTANTIATE_CPU_RUN)
 
 }  // namespace cpu
 }  // namespace gmflow
+
+// For gmflow.info (read through ctypes): which build the dispatcher runs.
+extern "C" __attribute__((visibility("default"))) const char* gmflow_cpu_active_isa() {
+  return gmflow::cpu::active_isa();
+}

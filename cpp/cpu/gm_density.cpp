@@ -39,11 +39,74 @@ GMFLOW_ALWAYS_INLINE void put_row(T* GMFLOW_RESTRICT dst, const A* GMFLOW_RESTRI
 
 // ------------------------------------------------------------------ forward
 
+// Single-pixel images (the toy) with one std per item and K <= kBlock: a pixel's components
+// fill the vector lanes, and the per-item scalar work (1/s, the final log) runs vectorised over
+// a chunk of kItems items; done one item at a time, its serial exp/log chains cost more than
+// the item's 64 components.
+constexpr int64_t kItems = 16;
+
+template <typename T>
+GMFLOW_ALWAYS_INLINE bool single_pixel_items(const GmOperands<T>& gm) {
+  return packed_means(gm) && gm.logstds_k == 1 && gm.K <= kBlock && gm.C >= 1 && gm.C <= 4;
+}
+
+template <int kC, typename T>
+GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  const A half_c_log2pi = A(0.5 * kLog2Pi) * A(kC);
+  for (int64_t i0 = begin; i0 < end; i0 += kItems) {
+    const int64_t count = std::min(kItems, end - i0);
+    A log_std[kItems] = {}, inv_std[kItems], block_max[kItems], block_sum[kItems], out[kItems];
+    const T* means[kItems];
+    const T* logweights[kItems];
+    const T* x[kItems];
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t b = (i0 + i) / prm.N, n = (i0 + i) - b * prm.N;
+      int64_t off[4];
+      prm.layout.offsets(b, off);
+      const BatchGm<T> g = BatchGm<T>::at(gm, off);
+      log_std[i] = load_acc(g.logstds);
+      means[i] = g.means;
+      logweights[i] = g.logweights;
+      x[i] = prm.samples + off[kSamples] + n * prm.samples_sn;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kItems; ++i) inv_std[i] = fast_exp(-log_std[i]);
+    for (int64_t i = 0; i < count; ++i) {
+      A xs[kC], a[kBlock];
+      for (int64_t c = 0; c < kC; ++c) xs[c] = load_acc(x[i] + c * prm.samples_sc);
+      const A norm = A(kC) * log_std[i] + half_c_log2pi, inv = inv_std[i];
+      const T* mu = means[i];
+      with_unit_stride(gm.logweights_sk, [&](auto sk) {
+#pragma omp simd
+        for (int64_t j = 0; j < gm.K; ++j) {
+          A q = A(0);
+          for (int64_t c = 0; c < kC; ++c) {
+            const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv;
+            q += z * z;
+          }
+          a[j] = load_acc(logweights[i] + j * sk) - norm - A(0.5) * q;
+        }
+      });
+      block_logsumexp(a, gm.K, block_max[i], block_sum[i]);
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kItems; ++i) out[i] = lse_result(block_max[i], block_sum[i]);
+    for (int64_t i = 0; i < count; ++i) store_acc(prm.logprob + i0 + i, out[i]);
+  }
+}
+
 template <typename T>
 GMFLOW_FLATTEN void logprob_range(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const GmOperands<T>& gm = prm.gm;
   const int64_t P = gm.P;
+  if (P == 1 && single_pixel_items(gm)) {
+    return dispatch_packed_channels(gm.C, true, [&]<int kC>() {
+      if constexpr (kC > 0) logprob_items<kC>(prm, begin, end);
+    });
+  }
   for_each_pixel_run(prm.layout, prm.N, P, begin, end, [&](int64_t b, int64_t n, int64_t p_begin, int64_t p_end,
                                                            const int64_t(&off)[4]) {
     const BatchGm<T> g = BatchGm<T>::at(gm, off);
@@ -200,7 +263,9 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
         r[j] = responsibility(a[j], lse) * grad;
         zsq[j] = A(0);
       }
-      if (out.weights) {
+      if (out.weights && P == 1) {
+        put_row(out.weights + k0, r, count, n > 0);
+      } else if (out.weights) {
         for (int64_t j = 0; j < count; ++j) put(out.weights + (k0 + j) * P + p, r[j], n > 0);
       }
       if constexpr (kC > 0) {
@@ -224,11 +289,8 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
         }
         if (out.means && !in_place) put_row(out.means + k0 * kC, w, count * kC, n > 0);
         if (out.samples) {
-          for (int64_t c = 0; c < kC; ++c) {
-            A g_x = A(0);
-            for (int64_t j = 0; j < count; ++j) g_x -= w[j * kC + c];
-            put(out.samples + n * kC + c, g_x, k0 > 0);
-          }
+          for (int64_t c = 0; c < kC; ++c)
+            put(out.samples + n * kC + c, -sum_parts<A>(count, [&](int64_t j) { return w[j * kC + c]; }), k0 > 0);
         }
       } else {
         for (int64_t c = 0; c < C; ++c) {
@@ -247,10 +309,7 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
       }
       if (out.logstds) {
         if (shared_std) {
-          A total = A(0);
-#pragma omp simd reduction(+ : total)
-          for (int64_t j = 0; j < count; ++j) total += r[j] * (zsq[j] - A(C));
-          g_ls_shared += total;
+          g_ls_shared += sum_parts<A>(count, [&](int64_t j) { return r[j] * (zsq[j] - A(C)); });
         } else {
           for (int64_t j = 0; j < count; ++j) put(out.logstds + (k0 + j) * P + p, r[j] * (zsq[j] - A(C)), n > 0);
         }

@@ -173,18 +173,47 @@ GMFLOW_ALWAYS_INLINE void packed_component_log_densities(const GmOperands<T>& gm
   }
 }
 
-// Maximum and sum of exp(a - max) of a block (vectorised reductions).
+// Reductions over a short run of components (a pixel's K in the packed order). GCC lowers
+// `omp simd reduction` to a lane array in memory summed one lane at a time after the loop,
+// which for K = 64 costs as much as the loop itself; these keep kParts partial results and
+// combine them in log2(kParts) vector steps.
+constexpr int kParts = 16;
+
+// op-fold of f(j) for j < count, starting from init (op associative and commutative).
+template <typename A, class Op, class F>
+GMFLOW_ALWAYS_INLINE A reduce_parts(int64_t count, A init, const Op& op, const F& f) {
+  A part[kParts];
+  for (int v = 0; v < kParts; ++v) part[v] = init;
+  int64_t j0 = 0;
+  for (; j0 + kParts <= count; j0 += kParts) {
+#pragma omp simd
+    for (int v = 0; v < kParts; ++v) part[v] = op(part[v], f(j0 + v));
+  }
+  for (int64_t j = j0; j < count; ++j) part[j - j0] = op(part[j - j0], f(j));
+  for (int w = kParts / 2; w >= 1; w /= 2) {
+#pragma omp simd
+    for (int v = 0; v < w; ++v) part[v] = op(part[v], part[v + w]);
+  }
+  return part[0];
+}
+
+template <typename A, class F>
+GMFLOW_ALWAYS_INLINE A sum_parts(int64_t count, const F& f) {
+  return reduce_parts(count, A(0), [](A x, A y) { return x + y; }, f);
+}
+
+// The maximum of f(j); NaN terms are skipped (a sum over the same terms carries them).
+template <typename A, class F>
+GMFLOW_ALWAYS_INLINE A max_parts(int64_t count, const F& f) {
+  return reduce_parts(count, neg_infinity<A>(), [](A x, A y) { return y > x ? y : x; }, f);
+}
+
+// Maximum and sum of exp(a - max) of a block.
 template <typename A>
 GMFLOW_ALWAYS_INLINE void block_logsumexp(const A* GMFLOW_RESTRICT a, int64_t count, A& block_max, A& block_sum) {
-  A m = neg_infinity<A>();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < count; ++j) m = a[j] > m ? a[j] : m;
-  // The max reduction may skip NaN; the sum then carries it (exp(NaN) = NaN).
-  A s = A(0);
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < count; ++j) s += a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - m);
+  const A m = max_parts<A>(count, [&](int64_t j) { return a[j]; });
   block_max = m;
-  block_sum = s;
+  block_sum = sum_parts<A>(count, [&](int64_t j) { return a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - m); });
 }
 
 // Calls f(stride) with a compile-time 1 when stride == 1, so loops over it vectorise.

@@ -11,6 +11,7 @@ fails the import, and every op keeps working through the reference fallback.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import logging
@@ -43,6 +44,7 @@ class LibraryStatus:
     loaded: bool = False
     path: str | None = None
     reason: str = ""  # why it is not loaded
+    cpu_isa: str = ""  # the CPU library's kernel build in use: "avx512", "avx2" or "baseline"
 
 
 @dataclass
@@ -130,4 +132,24 @@ def _load_one(name: str) -> LibraryStatus:
         _warn_not_loaded(path, name, status.reason)
         return status
     status.loaded = True
+    if name == "cpu":
+        status.cpu_isa = _active_cpu_isa(path)
     return status
+
+
+CPU_ISA_ENV = "GMFLOW_CPU_ISA"
+CPU_ISAS = ("baseline", "avx2", "avx512")
+
+
+def _active_cpu_isa(path: Path) -> str:
+    """Which build of the CPU kernels the library dispatches to here (``GMFLOW_CPU_ISA`` caps it)."""
+    cap = os.environ.get(CPU_ISA_ENV, "")
+    if cap and cap not in CPU_ISAS:
+        warnings.warn(f"gmflow: {CPU_ISA_ENV}={cap!r} is not one of {', '.join(CPU_ISAS)}; ignored (the best "
+                      "build this CPU supports runs)", NativeLibraryWarning, stacklevel=4)
+    try:
+        query = ctypes.CDLL(str(path)).gmflow_cpu_active_isa
+    except (OSError, AttributeError):  # a library from before the query existed
+        return ""
+    query.restype = ctypes.c_char_p
+    return query().decode()

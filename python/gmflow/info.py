@@ -42,7 +42,8 @@ def collect() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "build": state.build_info,
         "native_libraries": {
-            name: {"loaded": s.loaded, "path": s.path, "reason": s.reason} for name, s in state.libraries.items()
+            name: {"loaded": s.loaded, "path": s.path, "reason": s.reason, **({"cpu_isa": s.cpu_isa} if s.cpu_isa else {})}
+            for name, s in state.libraries.items()
         },
         "backends": backend_table(),
     }
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print("build: no build information (pure-Python install)")
     for name, lib in info["native_libraries"].items():
         state = "loaded" if lib["loaded"] else f"not loaded: {lib['reason']}"
+        if lib.get("cpu_isa"):
+            state += f" ({lib['cpu_isa']} kernels)"
         print(f"native {name} library: {state}" + (f"  [{lib['path']}]" if lib["path"] else ""))
     devices = list(next(iter(info["backends"].values())).keys())
     width = max(len(n) for n in info["backends"])

@@ -1,7 +1,8 @@
 // Host entry points of the CPU kernels (torch-free), generated from the kernel table (params.h).
 //
-// Every kernel source in cpp/cpu/ is compiled twice: for the x86-64 baseline
-// (namespace cpu::baseline) and for x86-64-v3, i.e. AVX2 + FMA (cpu::avx2).
+// Every kernel source in cpp/cpu/ is compiled three times: for the x86-64 baseline
+// (namespace cpu::baseline), for x86-64-v3, i.e. AVX2 + FMA (cpu::avx2), and for
+// x86-64-v4, i.e. AVX-512 (cpu::avx512).
 // cpp/cpu/dispatch.cpp picks one at run time, so wheels stay portable while
 // whole translation units (lambdas included) get the wide instruction set.
 #pragma once
@@ -34,8 +35,12 @@ GMFLOW_FOR_EACH_KERNEL(GMFLOW_DECLARE_CPU_KERNEL)
 namespace avx2 {
 GMFLOW_FOR_EACH_KERNEL(GMFLOW_DECLARE_CPU_KERNEL)
 }
+namespace avx512 {
+GMFLOW_FOR_EACH_KERNEL(GMFLOW_DECLARE_CPU_KERNEL)
+}
 
-// Name of the instruction set the dispatcher uses on this machine ("avx2" or "baseline").
+// Name of the instruction set the dispatcher uses on this machine ("avx512", "avx2" or
+// "baseline"); GMFLOW_CPU_ISA caps it.
 const char* active_isa();
 
 }  // namespace cpu
