@@ -210,9 +210,15 @@ struct PackedWeights {
   GMFLOW_ALWAYS_INLINE PackedWeights(const GmOperands<T>& gm, const BatchGm<T>& g, int64_t p, A scale_, bool normalise)
       : lw(g.logweights + p), sk(gm.logweights_sk), K(gm.K), scale(scale_) {
     if (normalise) {
+      A m = neg_infinity<A>();
       with_unit_stride(sk, [&](auto s) {
-        shift = max_parts<A>(K, [&](int64_t k) { return scale * load_acc(lw + k * s); });
+#pragma omp simd reduction(max : m)
+        for (int64_t k = 0; k < K; ++k) {
+          const A t = scale * load_acc(lw + k * s);
+          m = t > m ? t : m;
+        }
       });
+      shift = m;
     }
     if (K <= kBlock) {
       const A total = fill(0, K, cache);
@@ -230,13 +236,17 @@ struct PackedWeights {
 
   // out[j] = exp(scale * lw_{k0+j} - shift) * factor; returns the sum of out.
   GMFLOW_ALWAYS_INLINE A fill(int64_t k0, int64_t count, A* GMFLOW_RESTRICT out) const {
+    A total = A(0);
     const A sc = scale, sh = shift, f = factor;  // locals: `out` may point into *this
     with_unit_stride(sk, [&](auto s) {
       const T* base = lw + k0 * sk;
-#pragma omp simd
-      for (int64_t j = 0; j < count; ++j) out[j] = fast_exp(sc * load_acc(base + j * s) - sh) * f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t j = 0; j < count; ++j) {
+        out[j] = fast_exp(sc * load_acc(base + j * s) - sh) * f;
+        total += out[j];
+      }
     });
-    return sum_parts<A>(count, [&](int64_t j) { return out[j]; });
+    return total;
   }
 
   // Weights of components k0 .. k0+count (count <= kBlock).
@@ -327,14 +337,15 @@ GMFLOW_ALWAYS_INLINE void to_iso_gaussian_packed(const GmToIsoGaussianParams<T>&
       const int64_t count = std::min(kBlock, K - k0);
       const A* w = weights.block(k0, count, scratch);
       const T* mu = g.means + p + k0 * kC;
-      between += sum_parts<A>(count, [&](int64_t j) {
+#pragma omp simd reduction(+ : between)
+      for (int64_t j = 0; j < count; ++j) {
         A q = A(0);
         for (int64_t c = 0; c < kC; ++c) {
           const A d = load_acc(mu + j * kC + c) - m[c];
           q += d * d;
         }
-        return w[j] * q;
-      });
+        between += w[j] * q;
+      }
     }
     for (int64_t c = 0; c < kC; ++c) store_acc(prm.mean + (b * C + c) * P + p, m[c]);
   } else {
