@@ -172,3 +172,21 @@ def test_wrapper_bad_input_is_a_gmflow_input_error(name):
     bad = gmflow.GaussianMixture(gm.means, gm.logstds, gm.logweights[..., :-1])  # logweights one pixel short
     with pytest.raises(GMFlowInputError, match="logweights"):
         call(bad)
+
+
+def test_nan_check_of_the_outputs():
+    from gmflow._ops.support import has_nan, raise_for_nan
+
+    inf = float("inf")
+    assert not has_nan(torch.tensor([inf, -inf, 1.0]))  # the sum is NaN, the values are not
+    assert has_nan(torch.tensor([1.0, float("nan")])) and not has_nan(torch.empty(0))
+    asked = []
+
+    def inputs():
+        asked.append(True)
+        return {"means": torch.tensor([inf, -inf])}
+
+    raise_for_nan("gm_op", [torch.tensor([inf, -inf])], inputs)
+    assert not asked  # the inputs are only gathered to name the one that carries a NaN
+    with pytest.raises(GMFlowInputError, match="'means' contains infinite values that produced NaN"):
+        raise_for_nan("gm_op", [torch.tensor([float("nan")])], inputs)

@@ -60,11 +60,21 @@ def should_check_values(t: Tensor) -> bool:
     return mode == "always" or t.device.type == "cpu"
 
 
-def raise_for_nan(op: str, outputs: list[Tensor], inputs: dict[str, Tensor]) -> None:
-    """Raises if an output has NaN, naming the input that caused it."""
+def has_nan(t: Tensor) -> bool:
+    """Whether ``t`` holds a NaN: one reduction (a sum is NaN when a term is, or from inf - inf), then
+    the exact elementwise test only when the sum says so."""
+    if not t.numel():
+        return False
+    return bool(torch.isnan(t.sum())) and bool(torch.isnan(t).any())
+
+
+def raise_for_nan(op: str, outputs: list[Tensor], inputs: Callable[[], dict[str, Tensor]]) -> None:
+    """Raises if an output has NaN, naming the input that caused it (``inputs()``: the named inputs,
+    built only then)."""
     outputs = [t for t in outputs if t.is_floating_point() or t.is_complex()]
-    if not outputs or not should_check_values(outputs[0]) or not any(torch.isnan(t).any() for t in outputs):
+    if not outputs or not should_check_values(outputs[0]) or not any(has_nan(t) for t in outputs):
         return
+    inputs = inputs()
     for name, t in inputs.items():
         if t.is_floating_point() and torch.isnan(t).any():
             raise GMFlowInputError(f"{op}(): '{name}' contains NaN")
@@ -95,8 +105,10 @@ def names_nan_inputs(fn: Callable) -> Callable:
             raise GMFlowInputError(str(e)) from e
         if torch.compiler.is_compiling() or config.value_checks() == "never":
             return out
-        bound = signature.bind(*args, **kwargs)
-        inputs = {n: t for name, v in bound.arguments.items() for n, t in _named_tensors(name, v)}
+        def inputs():
+            bound = signature.bind(*args, **kwargs)
+            return {n: t for name, v in bound.arguments.items() for n, t in _named_tensors(name, v)}
+
         raise_for_nan(fn.__name__, [t for _, t in _named_tensors("out", out)], inputs)
         return out
 
