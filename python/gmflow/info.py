@@ -42,7 +42,7 @@ def collect() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "build": state.build_info,
         "native_libraries": {
-            name: {"loaded": s.loaded, "path": s.path, "reason": s.reason, **({"cpu_isa": s.cpu_isa} if s.cpu_isa else {})}
+            name: {"loaded": s.loaded, "path": s.path, "reason": s.reason, "cpu_isa": s.cpu_isa}
             for name, s in state.libraries.items()
         },
         "backends": backend_table(),
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print("build: no build information (pure-Python install)")
     for name, lib in info["native_libraries"].items():
         state = "loaded" if lib["loaded"] else f"not loaded: {lib['reason']}"
-        if lib.get("cpu_isa"):
+        if lib["cpu_isa"]:
             state += f" ({lib['cpu_isa']} kernels)"
         print(f"native {name} library: {state}" + (f"  [{lib['path']}]" if lib["path"] else ""))
     devices = list(next(iter(info["backends"].values())).keys())
