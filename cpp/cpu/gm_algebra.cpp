@@ -242,11 +242,88 @@ LaneStrides<7> posterior_strides(const GmPosteriorMeanParams<T>& prm) {
   return st;
 }
 
+// Single-pixel images with one std per item (the toy): a chunk of items at a time, an item's
+// components in the vector lanes. With a shared std, den (and the log den, var |nu|^2 / den logit
+// terms) is the same for every component: those terms cancel in the softmax and the moved means
+// average to (var nu + sum_k pi_k mu_k) / den, one softmax-weighted sum of the raw means.
+template <int kC, typename T>
+GMFLOW_ALWAYS_INLINE void posterior_items(const GmPosteriorMeanParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t K = gm.K;
+  const A eps = A(prm.eps);
+  for (int64_t i0 = begin; i0 < end; i0 += kItems) {
+    const int64_t count = std::min(kItems, end - i0);
+    A log_std[kItems] = {}, s_src[kItems] = {}, s_tgt[kItems] = {}, x_src[kC][kItems] = {}, x_tgt[kC][kItems] = {};
+    const T* means[kItems];
+    const T* logweights[kItems];
+    for (int64_t i = 0; i < count; ++i) {
+      int64_t off[7];
+      prm.layout.offsets(i0 + i, off);
+      means[i] = gm.means + off[0];
+      log_std[i] = load_acc(gm.logstds + off[1]);
+      logweights[i] = gm.logweights + off[2];
+      s_src[i] = prm.sigma_src[off[5]];
+      s_tgt[i] = prm.sigma_tgt[off[6]];
+      for (int c = 0; c < kC; ++c) {
+        x_src[c][i] = load_acc(prm.x_src + off[3] + c * prm.x_src_sc);
+        x_tgt[c][i] = load_acc(prm.x_tgt + off[4] + c * prm.x_tgt_sc);
+      }
+    }
+    A zeta[kItems], var[kItems], inv_den[kItems], nu[kC][kItems], sum[kItems], acc[kC][kItems];
+#pragma omp simd
+    for (int64_t i = 0; i < kItems; ++i) {
+      const A ss = clamp_min(s_src[i], eps), st = clamp_min(s_tgt[i], eps);
+      const A as = A(1) - ss, at = A(1) - st;
+      zeta[i] = (at / st) * (at / st) - (as / ss) * (as / ss);
+      const A c_src = as / (ss * ss), c_tgt = at / (st * st);
+      for (int c = 0; c < kC; ++c) nu[c][i] = c_tgt * x_tgt[c][i] - c_src * x_src[c][i];
+      var[i] = fast_exp(A(2) * log_std[i]);
+      inv_den[i] = A(1) / clamp_min(var[i] * zeta[i] + A(1), eps);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      A a[kBlock], e[kBlock], nu_i[kC], acc_i[kC];
+      for (int c = 0; c < kC; ++c) nu_i[c] = nu[c][i];
+      const A half_zeta = A(0.5) * zeta[i], inv = inv_den[i];
+      const T* mu = means[i];
+      with_unit_stride(gm.logweights_sk, [&](auto sk) {
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) {
+          A q = A(0);
+          for (int c = 0; c < kC; ++c) {
+            const A m = load_acc(mu + j * kC + c);
+            q += m * (nu_i[c] - half_zeta * m);
+          }
+          a[j] = load_acc(logweights[i] + j * sk) + q * inv;
+        }
+      });
+      const A max_value = max_parts<A>(K, [&](int64_t j) { return a[j]; });
+      sum[i] = sum_parts<A>(K, [&](int64_t j) {
+        const A w = a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - max_value);
+        e[j] = w;
+        return w;
+      });
+      sum_parts_channels<kC, A>(K, [&](int64_t j, int c) { return e[j] * load_acc(mu + j * kC + c); }, acc_i);
+      for (int c = 0; c < kC; ++c) acc[c][i] = acc_i[c];
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kItems; ++i)
+      for (int c = 0; c < kC; ++c) acc[c][i] = (var[i] * nu[c][i] + acc[c][i] / sum[i]) * inv_den[i];
+    for (int64_t i = 0; i < count; ++i)
+      for (int c = 0; c < kC; ++c) store_acc(prm.mean + (i0 + i) * kC + c, acc[c][i]);
+  }
+}
+
 template <typename T>
 GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const GmOperands<T>& gm = prm.gm;
   const int64_t K = gm.K, C = gm.C, P = gm.P;
+  if (P == 1 && single_pixel_items(gm)) {
+    return dispatch_packed_channels(C, true, [&]<int kC>() {
+      if constexpr (kC > 0) posterior_items<kC>(prm, begin, end);
+    });
+  }
   Scratch<A> scratch(4 * C * kLanes);
   A* nu = scratch.get();
   A* moved = nu + C * kLanes;

@@ -39,17 +39,6 @@ GMFLOW_ALWAYS_INLINE void put_row(T* GMFLOW_RESTRICT dst, const A* GMFLOW_RESTRI
 
 // ------------------------------------------------------------------ forward
 
-// Single-pixel images (the toy) with one std per item and K <= kBlock: a pixel's components
-// fill the vector lanes, and the per-item scalar work (1/s, the final log) runs vectorised over
-// a chunk of kItems items; done one item at a time, its serial exp/log chains cost more than
-// the item's 64 components.
-constexpr int64_t kItems = 16;
-
-template <typename T>
-GMFLOW_ALWAYS_INLINE bool single_pixel_items(const GmOperands<T>& gm) {
-  return packed_means(gm) && gm.logstds_k == 1 && gm.K <= kBlock && gm.C >= 1 && gm.C <= 4;
-}
-
 template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;

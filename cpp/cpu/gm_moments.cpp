@@ -261,6 +261,28 @@ template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void to_mean_packed(const GmToMeanParams<T>& prm, const BatchGm<T>& g, int64_t b, int64_t p) {
   using A = acc_t<T>;
   const GmOperands<T>& gm = prm.gm;
+  if constexpr (kC > 0) {
+    if (gm.K <= kBlock) {  // one block: log-depth reductions, the division once per channel
+      const T* lw = g.logweights + p;
+      const T* mu = g.means + p;
+      const A power = A(prm.power);
+      A a[kBlock], e[kBlock], acc[kC];
+      with_unit_stride(gm.logweights_sk, [&](auto sk) {
+#pragma omp simd
+        for (int64_t j = 0; j < gm.K; ++j) a[j] = power * load_acc(lw + j * sk);
+      });
+      const A m = max_parts<A>(gm.K, [&](int64_t j) { return a[j]; });
+      const A sum = sum_parts<A>(gm.K, [&](int64_t j) {
+        const A w = a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - m);
+        e[j] = w;
+        return w;
+      });
+      sum_parts_channels<kC, A>(gm.K, [&](int64_t j, int c) { return e[j] * load_acc(mu + j * kC + c); }, acc);
+      const A inv = A(1) / sum;
+      for (int64_t c = 0; c < kC; ++c) store_acc(prm.mean + (b * kC + c) * gm.P + p, acc[c] * inv);
+      return;
+    }
+  }
   const PackedWeights<T> pi(gm, g, p, A(prm.power), true);
   A scratch[kBlock];
   if constexpr (kC > 0) {
@@ -319,9 +341,33 @@ GMFLOW_ALWAYS_INLINE void to_iso_gaussian_packed(const GmToIsoGaussianParams<T>&
   using A = acc_t<T>;
   const GmOperands<T>& gm = prm.gm;
   const int64_t K = gm.K, C = gm.C, P = gm.P;
+  A between = A(0), within = A(0);
+  if constexpr (kC > 0) {
+    if (K <= kBlock && gm.logstds_k == 1) {  // one block: log-depth reductions
+      const T* lw = g.logweights + p;
+      const T* mu = g.means + p;
+      A w[kBlock], m[kC];
+      with_unit_stride(gm.logweights_sk, [&](auto sk) {
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) w[j] = fast_exp(load_acc(lw + j * sk));
+      });
+      sum_parts_channels<kC, A>(K, [&](int64_t j, int c) { return w[j] * load_acc(mu + j * kC + c); }, m);
+      between = sum_parts<A>(K, [&](int64_t j) {
+        A q = A(0);
+        for (int c = 0; c < kC; ++c) {
+          const A d = load_acc(mu + j * kC + c) - m[c];
+          q += d * d;
+        }
+        return w[j] * q;
+      });
+      within = fast_exp(A(2) * load_acc(g.logstds + p * gm.logstds_sp));
+      for (int64_t c = 0; c < kC; ++c) store_acc(prm.mean + (b * C + c) * P + p, m[c]);
+      store_acc(prm.var + b * P + p, between / A(kC) + within);
+      return;
+    }
+  }
   const PackedWeights<T> weights(gm, g, p, A(1), false);
   A scratch[kBlock];
-  A between = A(0), within = A(0);
   if constexpr (kC > 0) {
     // Packed (k, c) means: both passes vectorise over the components.
     A m[kC] = {};

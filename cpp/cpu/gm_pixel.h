@@ -208,6 +208,30 @@ GMFLOW_ALWAYS_INLINE A max_parts(int64_t count, const F& f) {
   return reduce_parts(count, neg_infinity<A>(), [](A x, A y) { return y > x ? y : x; }, f);
 }
 
+// out[c] = sum over j < count of f(j, c), for kC channels at once: kParts partial sums per channel,
+// so a loop over interleaved (k, c) data vectorises over j with grouped loads.
+template <int kC, typename A, class F>
+GMFLOW_ALWAYS_INLINE void sum_parts_channels(int64_t count, const F& f, A (&out)[kC]) {
+  A part[kC][kParts];
+  for (int c = 0; c < kC; ++c)
+    for (int v = 0; v < kParts; ++v) part[c][v] = A(0);
+  int64_t j0 = 0;
+  for (; j0 + kParts <= count; j0 += kParts) {
+#pragma omp simd
+    for (int v = 0; v < kParts; ++v)
+      for (int c = 0; c < kC; ++c) part[c][v] += f(j0 + v, c);
+  }
+  for (int64_t j = j0; j < count; ++j)
+    for (int c = 0; c < kC; ++c) part[c][j - j0] += f(j, c);
+  for (int c = 0; c < kC; ++c) {
+    for (int w = kParts / 2; w >= 1; w /= 2) {
+#pragma omp simd
+      for (int v = 0; v < w; ++v) part[c][v] += part[c][v + w];
+    }
+    out[c] = part[c][0];
+  }
+}
+
 // Maximum and sum of exp(a - max) of a block.
 template <typename A>
 GMFLOW_ALWAYS_INLINE void block_logsumexp(const A* GMFLOW_RESTRICT a, int64_t count, A& block_max, A& block_sum) {
@@ -240,6 +264,17 @@ GMFLOW_ALWAYS_INLINE void dispatch_packed_channels(int64_t C, bool packed, const
 template <typename T>
 GMFLOW_ALWAYS_INLINE bool packed_means(const GmOperands<T>& gm) {
   return gm.P == 1 && gm.means_sc == 1 && gm.means_sk == gm.C;
+}
+
+// Single-pixel images (the toy) with one std per item and K <= kBlock: a pixel's components
+// fill the vector lanes, and the per-item scalar work (1/s, divisions, the final log) runs
+// vectorised over a chunk of kItems items; done one item at a time, its serial exp/log/division
+// chains cost more than the item's 64 components.
+constexpr int64_t kItems = 16;
+
+template <typename T>
+GMFLOW_ALWAYS_INLINE bool single_pixel_items(const GmOperands<T>& gm) {
+  return packed_means(gm) && gm.logstds_k == 1 && gm.K <= kBlock && gm.C >= 1 && gm.C <= 4;
 }
 
 // ---------------------------------------------------------------------------------------------
