@@ -56,11 +56,88 @@ GMFLOW_ALWAYS_INLINE void online_softmax_push(int64_t C, const A* GMFLOW_RESTRIC
 
 // ------------------------------------------------------------------ gm_mul_iso_gaussian
 
+// Single-pixel images with one std per item (the toy): a chunk of items at a time, an item's
+// components in the vector lanes; the per-item factors and the final logs run over the chunk.
+template <int kC, typename T>
+GMFLOW_ALWAYS_INLINE void mul_iso_items(const GmMulIsoGaussianParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t K = gm.K;
+  const A r = A(prm.ratio), eps = A(prm.eps);
+  A logits[kItems][kBlock];
+  for (int64_t i0 = begin; i0 < end; i0 += kItems) {
+    const int64_t count = std::min(kItems, end - i0);
+    A log_std[kItems] = {}, var_g[kItems] = {}, g_mean[kC][kItems] = {};
+    const T* means[kItems];
+    const T* logweights[kItems];
+    for (int64_t i = 0; i < count; ++i) {
+      int64_t off[5];
+      prm.layout.offsets(i0 + i, off);
+      means[i] = gm.means + off[0];
+      log_std[i] = load_acc(gm.logstds + off[1]);
+      logweights[i] = gm.logweights + off[2];
+      for (int c = 0; c < kC; ++c) g_mean[c][i] = load_acc(prm.gaussian_mean + off[3] + c * prm.gaussian_mean_sc);
+      var_g[i] = load_acc(prm.gaussian_var + off[4]);
+    }
+    A a[kItems], b[kItems], half_r_inv_n[kItems], out_log_std[kItems], lse[kItems];
+#pragma omp simd
+    for (int64_t i = 0; i < kItems; ++i) {
+      const A var = fast_exp(A(2) * log_std[i]);
+      const A n = clamp_min(var_g[i] + r * var, eps);
+      const A inv_n = A(1) / n;
+      a[i] = var_g[i] * inv_n;
+      b[i] = r * var * inv_n;
+      half_r_inv_n[i] = A(0.5) * r * inv_n;
+      out_log_std[i] = log_std[i] + A(0.5) * fast_log(var_g[i]) - A(0.5) * fast_log(n);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      A m[kC];
+      for (int c = 0; c < kC; ++c) m[c] = g_mean[c][i];
+      const A ai = a[i], bi = b[i], h = half_r_inv_n[i];
+      const T* mu = means[i];
+      T* out_mu = prm.out_means + (i0 + i) * K * kC;
+      A* logit = logits[i];
+      with_unit_stride(gm.logweights_sk, [&](auto sk) {
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) {
+          A q = A(0);
+          for (int c = 0; c < kC; ++c) {
+            const A x = load_acc(mu + j * kC + c);
+            store_acc(out_mu + j * kC + c, ai * x + bi * m[c]);
+            const A d = x - m[c];
+            q += d * d;
+          }
+          logit[j] = load_acc(logweights[i] + j * sk) - h * q;
+        }
+      });
+      const A max_value = max_parts<A>(K, [&](int64_t j) { return logit[j]; });
+      const A sum = sum_parts<A>(K, [&](int64_t j) { return fast_exp(logit[j] - max_value); });
+      a[i] = max_value;  // reused: the chunk's logs run vectorised below
+      b[i] = sum;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kItems; ++i) lse[i] = a[i] + fast_log(b[i]);
+    for (int64_t i = 0; i < count; ++i) {
+      T* out_lw = prm.out_logweights + (i0 + i) * K;
+      const A* logit = logits[i];
+      const A l = lse[i];
+#pragma omp simd
+      for (int64_t j = 0; j < K; ++j) store_acc(out_lw + j, logit[j] - l);
+      store_acc(prm.out_logstds + (i0 + i), out_log_std[i]);
+    }
+  }
+}
+
 template <typename T>
 GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const GmOperands<T>& gm = prm.gm;
   const int64_t K = gm.K, C = gm.C, P = gm.P, Kl = gm.logstds_k, Po = prm.out_logstds_p;
+  if (P == 1 && single_pixel_items(gm)) {
+    return dispatch_packed_channels(C, true, [&]<int kC>() {
+      if constexpr (kC > 0) mul_iso_items<kC>(prm, begin, end);
+    });
+  }
   const bool per_component = Kl != 1;
   const A r = A(prm.ratio), eps = A(prm.eps);
   LaneStrides<5> st;
@@ -184,9 +261,10 @@ GMFLOW_ALWAYS_INLINE void posterior_setup(const GmPosteriorMeanParams<T>& prm, c
   }
 }
 
-// Component k of every lane: the moved means (into moved[C][kLanes]), the logit and the
-// pieces the backward needs (var, den, its derivative factor, 1 / den, Q = sum_c mu (nu - zeta mu / 2)).
-// var, den, dden and inv are only recomputed when the std changes (k = 0 or per-component stds).
+// Component k of every lane: the raw means (into mu_all[C][kLanes]), the moved means (into
+// moved[C][kLanes], unless null), the logit and the pieces the backward needs (var, den, its
+// derivative factor, 1 / den, Q = sum_c mu (nu - zeta mu / 2)). var, den, dden and inv are only
+// recomputed when the std changes (k = 0 or per-component stds).
 template <typename T, typename A>
 GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& prm, const LaneTile<7>& L,
                                               const PosteriorTile<A>& pt, int64_t k, A* GMFLOW_RESTRICT var,
@@ -214,13 +292,14 @@ GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& pr
     A* mu = mu_all + c * kLanes;
     gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
     const A* nu = pt.nu + c * kLanes;
-    A* mv = moved + c * kLanes;
+    A* mv = moved ? moved + c * kLanes : nullptr;
     const bool first = c == 0;  // q starts at channel 0 (no separate zeroing pass)
+    if (moved) {
 #pragma omp simd
-    for (int64_t v = 0; v < kLanes; ++v) {
-      mv[v] = (var[v] * nu[v] + mu[v]) * inv[v];
-      q[v] = (first ? A(0) : q[v]) + mu[v] * (nu[v] - A(0.5) * pt.zeta[v] * mu[v]);
+      for (int64_t v = 0; v < kLanes; ++v) mv[v] = (var[v] * nu[v] + mu[v]) * inv[v];
     }
+#pragma omp simd
+    for (int64_t v = 0; v < kLanes; ++v) q[v] = (first ? A(0) : q[v]) + mu[v] * (nu[v] - A(0.5) * pt.zeta[v] * mu[v]);
   }
   gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, logit);
   if (per_component) {  // separate loops: a simd loop would evaluate the log for a shared std too
@@ -340,14 +419,22 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
       sum[v] = A(0);
     }
     for (int64_t i = 0; i < C * kLanes; ++i) acc[i] = A(0);
+    // A shared std: average the raw means, move the average once (see posterior_items).
+    const bool shared = gm.logstds_k == 1;
     for (int64_t k = 0; k < K; ++k) {
-      posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu);
-      online_softmax_push(C, logit, moved, max_value, sum, acc);
+      posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, logit, shared ? nullptr : moved, mu);
+      online_softmax_push(C, logit, shared ? mu : moved, max_value, sum, acc);
     }
     for (int64_t c = 0; c < C; ++c) {
       A* a = acc + c * kLanes;
+      const A* nu_c = nu + c * kLanes;
+      if (shared) {
 #pragma omp simd
-      for (int64_t v = 0; v < kLanes; ++v) a[v] /= sum[v];
+        for (int64_t v = 0; v < kLanes; ++v) a[v] = (var[v] * nu_c[v] + a[v] / sum[v]) * inv_den[v];
+      } else {
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) a[v] /= sum[v];
+      }
       scatter(prm.mean, L, C * P, c * P, a);
     }
   });
@@ -864,7 +951,7 @@ GMFLOW_FLATTEN void ode_backward_range(const GmOdeEulerSubstepsBackwardParams<T>
           const A* nu = st.nu + c * kLanes;
           const A* hc = h + c * kLanes;
           const A* oc = x0 + c * kLanes;
-          A* mv = moved + c * kLanes;
+          A* mv = moved ? moved + c * kLanes : nullptr;
 #pragma omp simd
           for (int64_t v = 0; v < kLanes; ++v) {
             mv[v] = (var[v] * nu[v] + mu[v]) * inv[v];
