@@ -27,10 +27,10 @@ GMFLOW_ALWAYS_INLINE A clamp_min(A x, A lo) {
   return x < lo ? lo : x;  // NaN stays NaN
 }
 
-// Online softmax-weighted sum over k, one lane per item: folds (logit, values[c]) into
+// Online softmax-weighted sum over k, one lane per item: folds (logit, values[c][lane]) into
 // (max, sum, acc[c]) with one exp per update. Zero-weight components (-inf) contribute nothing.
 template <typename A>
-GMFLOW_ALWAYS_INLINE void online_softmax_push(int64_t C, const A* GMFLOW_RESTRICT logit, const A* GMFLOW_RESTRICT values,
+GMFLOW_ALWAYS_INLINE void online_softmax_push(int64_t C, const A* GMFLOW_RESTRICT logit, const A* const* values,
                                               A* GMFLOW_RESTRICT max_value, A* GMFLOW_RESTRICT sum,
                                               A* GMFLOW_RESTRICT acc) {
   A keep[kLanes], add[kLanes];  // acc <- acc * keep + value * add
@@ -48,7 +48,7 @@ GMFLOW_ALWAYS_INLINE void online_softmax_push(int64_t C, const A* GMFLOW_RESTRIC
   }
   for (int64_t c = 0; c < C; ++c) {
     A* a = acc + c * kLanes;
-    const A* x = values + c * kLanes;
+    const A* GMFLOW_RESTRICT x = values[c];
 #pragma omp simd
     for (int64_t v = 0; v < kLanes; ++v) a[v] = a[v] * keep[v] + x[v] * add[v];
   }
@@ -174,22 +174,24 @@ GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t 
 #pragma omp simd
       for (int64_t v = 0; v < kLanes; ++v) q[v] = A(0);
       for (int64_t c = 0; c < C; ++c) {
-        gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
-        const A* m = g_mean + c * kLanes;
+        const A* GMFLOW_RESTRICT x = gather_view(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
+        const A* GMFLOW_RESTRICT m = g_mean + c * kLanes;
+        const int64_t at = (k * C + c) * P;
+        A* GMFLOW_RESTRICT moved = scatter_slot(prm.out_means, L, K * C * P, at, out);
 #pragma omp simd
         for (int64_t v = 0; v < kLanes; ++v) {
-          out[v] = a[v] * mu[v] + b[v] * m[v];
-          const A d = mu[v] - m[v];
+          moved[v] = a[v] * x[v] + b[v] * m[v];
+          const A d = x[v] - m[v];
           q[v] += d * d;
         }
-        scatter(prm.out_means, L, K * C * P, (k * C + c) * P, out);
+        scatter_done(prm.out_means, L, K * C * P, at, moved);
       }
-      gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, lw);
+      const A* GMFLOW_RESTRICT lw_k = gather_view(gm.logweights, L, 2, 1, k * gm.logweights_sk, lw);
       A* logit = logits + k * kLanes;
       const A half_c = A(0.5) * A(C);
 #pragma omp simd
       for (int64_t v = 0; v < kLanes; ++v) {
-        A l = lw[v] - A(0.5) * r * q[v] * inv_n[v];
+        A l = lw_k[v] - A(0.5) * r * q[v] * inv_n[v];
         l = per_component ? l - half_c * log_n[v] : l;
         logit[v] = l;
         max_value[v] = l > max_value[v] ? l : max_value[v];
@@ -261,7 +263,8 @@ GMFLOW_ALWAYS_INLINE void posterior_setup(const GmPosteriorMeanParams<T>& prm, c
   }
 }
 
-// Component k of every lane: the raw means (into mu_all[C][kLanes]), the moved means (into
+// Component k of every lane: the raw means (mu_rows[c]: the operand itself, or a copy in
+// mu_scratch[C][kLanes]), the moved means (into
 // moved[C][kLanes], unless null), the logit and the pieces the backward needs (var, den, its
 // derivative factor, 1 / den, Q = sum_c mu (nu - zeta mu / 2)). var, den, dden and inv are only
 // recomputed when the std changes (k = 0 or per-component stds).
@@ -271,7 +274,7 @@ GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& pr
                                               A* GMFLOW_RESTRICT den, A* GMFLOW_RESTRICT dden,
                                               A* GMFLOW_RESTRICT inv, A* GMFLOW_RESTRICT q,
                                               A* GMFLOW_RESTRICT logit, A* GMFLOW_RESTRICT moved,
-                                              A* GMFLOW_RESTRICT mu_all) {
+                                              A* GMFLOW_RESTRICT mu_scratch, const A** mu_rows) {
   const GmOperands<T>& gm = prm.gm;
   const int64_t C = gm.C;
   const bool per_component = gm.logstds_k != 1;
@@ -289,8 +292,9 @@ GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& pr
     }
   }
   for (int64_t c = 0; c < C; ++c) {
-    A* mu = mu_all + c * kLanes;
-    gather(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu);
+    const A* GMFLOW_RESTRICT mu =
+        gather_view(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu_scratch + c * kLanes);
+    mu_rows[c] = mu;
     const A* nu = pt.nu + c * kLanes;
     A* mv = moved ? moved + c * kLanes : nullptr;
     const bool first = c == 0;  // q starts at channel 0 (no separate zeroing pass)
@@ -301,15 +305,16 @@ GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& pr
 #pragma omp simd
     for (int64_t v = 0; v < kLanes; ++v) q[v] = (first ? A(0) : q[v]) + mu[v] * (nu[v] - A(0.5) * pt.zeta[v] * mu[v]);
   }
-  gather(gm.logweights, L, 2, 1, k * gm.logweights_sk, logit);
+  A lw_copy[kLanes];
+  const A* GMFLOW_RESTRICT lw = gather_view(gm.logweights, L, 2, 1, k * gm.logweights_sk, lw_copy);
   if (per_component) {  // separate loops: a simd loop would evaluate the log for a shared std too
     const A half_c = A(0.5) * A(C);
 #pragma omp simd
     for (int64_t v = 0; v < kLanes; ++v)
-      logit[v] += q[v] * inv[v] + A(0.5) * var[v] * pt.sq[v] * inv[v] - half_c * fast_log(den[v]);
+      logit[v] = lw[v] + q[v] * inv[v] + A(0.5) * var[v] * pt.sq[v] * inv[v] - half_c * fast_log(den[v]);
   } else {
 #pragma omp simd
-    for (int64_t v = 0; v < kLanes; ++v) logit[v] += q[v] * inv[v];
+    for (int64_t v = 0; v < kLanes; ++v) logit[v] = lw[v] + q[v] * inv[v];
   }
 }
 
@@ -408,6 +413,8 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
   A* moved = nu + C * kLanes;
   A* acc = moved + C * kLanes;
   A* mu = acc + C * kLanes;
+  std::vector<const A*> mu_rows(size_t(C) + 1), moved_rows(size_t(C) + 1);
+  for (int64_t c = 0; c < C; ++c) moved_rows[c] = moved + c * kLanes;
   LaneTile<7> tile;
   for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
     PosteriorTile<A> pt;
@@ -422,8 +429,9 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
     // A shared std: average the raw means, move the average once (see posterior_items).
     const bool shared = gm.logstds_k == 1;
     for (int64_t k = 0; k < K; ++k) {
-      posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, logit, shared ? nullptr : moved, mu);
-      online_softmax_push(C, logit, shared ? mu : moved, max_value, sum, acc);
+      posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, logit, shared ? nullptr : moved, mu,
+                          mu_rows.data());
+      online_softmax_push(C, logit, shared ? mu_rows.data() : moved_rows.data(), max_value, sum, acc);
     }
     for (int64_t c = 0; c < C; ++c) {
       A* a = acc + c * kLanes;
@@ -454,6 +462,7 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
   A* g = moved + C * kLanes;
   A* out = g + C * kLanes;
   A* mu = out + C * kLanes;
+  std::vector<const A*> mu_rows(size_t(C) + 1);
   LaneTile<7> tile;
   for_each_lane_tile(fwd.layout, posterior_strides(fwd), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
     PosteriorTile<A> pt;
@@ -467,7 +476,7 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
       g_ls_shared[v] = A(0);
     }
     for (int64_t k = 0; k < K; ++k) {  // pass 1: the log normaliser of the logits
-      posterior_component(fwd, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu);
+      posterior_component(fwd, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu, mu_rows.data());
       tile_lse_push<int(kLanes)>(kLanes, logit, max_value, sum);
     }
 #pragma omp simd
@@ -478,7 +487,7 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
     }
     const A half_c = A(0.5) * A(C);
     for (int64_t k = 0; k < K; ++k) {  // pass 2: gradients of component k
-      posterior_component(fwd, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu);
+      posterior_component(fwd, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu, mu_rows.data());
 #pragma omp simd
       for (int64_t v = 0; v < kLanes; ++v) {
         pi[v] = responsibility(logit[v], lse[v]);
@@ -505,7 +514,7 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
         for (int64_t c = 0; c < C; ++c) {
           const A* gc = g + c * kLanes;
           const A* nc = nu + c * kLanes;
-          const A* mc = mu + c * kLanes;
+          const A* mc = mu_rows[c];
 #pragma omp simd
           for (int64_t v = 0; v < kLanes; ++v)
             res[v] = pi[v] * (gc[v] + d[v] * (nc[v] - pt.zeta[v] * mc[v])) / den[v];

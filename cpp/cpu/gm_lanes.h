@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "gm_pixel.h"
@@ -128,6 +129,39 @@ GMFLOW_ALWAYS_INLINE void scatter(T* base, const LaneTile<kOps>& tile, int64_t r
     return;
   }
   for (int64_t v = 0; v < tile.count; ++v) store_acc(base + tile.row[v] * row_size + extra + tile.p[v], vals[v]);
+}
+
+// The kLanes values gather() would copy: the operand itself when the tile is contiguous and
+// the values need no conversion, else `scratch`, filled by gather().
+template <typename T, typename A, int kOps>
+GMFLOW_ALWAYS_INLINE const A* gather_view(const T* base, const LaneTile<kOps>& tile, int t, int64_t pixel_stride,
+                                          int64_t extra, A* scratch) {
+  if constexpr (std::is_same_v<T, A>) {
+    if (tile.contiguous && pixel_stride == 1) return base + tile.off[t][0] + extra;
+  }
+  gather(base, tile, t, pixel_stride, extra, scratch);
+  return scratch;
+}
+
+// Where to compute the kLanes values scatter() would store: the output itself when the tile
+// is contiguous and the values need no conversion, else `scratch`; scatter_done() then stores
+// `scratch` (and does nothing for the output itself).
+template <typename T, typename A, int kOps>
+GMFLOW_ALWAYS_INLINE A* scatter_slot(T* base, const LaneTile<kOps>& tile, int64_t row_size, int64_t extra,
+                                     A* scratch) {
+  if constexpr (std::is_same_v<T, A>) {
+    if (tile.contiguous) return base + tile.row[0] * row_size + extra + tile.p[0];
+  }
+  return scratch;
+}
+
+template <typename T, typename A, int kOps>
+GMFLOW_ALWAYS_INLINE void scatter_done(T* base, const LaneTile<kOps>& tile, int64_t row_size, int64_t extra,
+                                       const A* vals) {
+  if constexpr (std::is_same_v<T, A>) {
+    if (tile.contiguous) return;
+  }
+  scatter(base, tile, row_size, extra, vals);
 }
 
 // Loads row * row_size + extra + p of a contiguous (op-layout) tensor for every lane.
