@@ -408,11 +408,12 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
       if constexpr (kC > 0) posterior_items<kC>(prm, begin, end);
     });
   }
-  Scratch<A> scratch(4 * C * kLanes);
+  Scratch<A> scratch((4 * C + K) * kLanes);
   A* nu = scratch.get();
   A* moved = nu + C * kLanes;
   A* acc = moved + C * kLanes;
   A* mu = acc + C * kLanes;
+  A* logits = mu + C * kLanes;  // [K][kLanes], shared std
   std::vector<const A*> mu_rows(size_t(C) + 1), moved_rows(size_t(C) + 1);
   for (int64_t c = 0; c < C; ++c) moved_rows[c] = moved + c * kLanes;
   LaneTile<7> tile;
@@ -426,12 +427,39 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
       sum[v] = A(0);
     }
     for (int64_t i = 0; i < C * kLanes; ++i) acc[i] = A(0);
-    // A shared std: average the raw means, move the average once (see posterior_items).
+    // A shared std: average the raw means, move the average once (see posterior_items). Two
+    // passes (the logits and their maximum, then one exp and one FMA per channel per component)
+    // instead of the online softmax's rescaling of every accumulator.
     const bool shared = gm.logstds_k == 1;
-    for (int64_t k = 0; k < K; ++k) {
-      posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, logit, shared ? nullptr : moved, mu,
-                          mu_rows.data());
-      online_softmax_push(C, logit, shared ? mu_rows.data() : moved_rows.data(), max_value, sum, acc);
+    if (shared) {
+      for (int64_t k = 0; k < K; ++k) {
+        A* lk = logits + k * kLanes;
+        posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, lk, static_cast<A*>(nullptr), mu,
+                            mu_rows.data());
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) max_value[v] = lk[v] > max_value[v] ? lk[v] : max_value[v];
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const A* lk = logits + k * kLanes;
+        A e[kLanes];
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) {
+          e[v] = lk[v] == neg_infinity<A>() ? A(0) : fast_exp(lk[v] - max_value[v]);
+          sum[v] += e[v];
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const A* GMFLOW_RESTRICT x =
+              gather_view(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, mu + c * kLanes);
+          A* GMFLOW_RESTRICT a = acc + c * kLanes;
+#pragma omp simd
+          for (int64_t v = 0; v < kLanes; ++v) a[v] += e[v] * x[v];
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        posterior_component(prm, L, pt, k, var, den, dden, inv_den, q, logit, moved, mu, mu_rows.data());
+        online_softmax_push(C, logit, moved_rows.data(), max_value, sum, acc);
+      }
     }
     for (int64_t c = 0; c < C; ++c) {
       A* a = acc + c * kLanes;
