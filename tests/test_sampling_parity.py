@@ -285,6 +285,39 @@ def test_many_components_and_zero_weights(device):
             _close(a, e, torch.float32, factor=10.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("batch,K", [((64,), 64), ((3, 5), 17), ((37,), 1), ((2,), 65)])
+def test_single_pixel_items(device, dtype, C, batch, K):
+    """1x1 images with one std per item (the toy): the item-chunk kernels of gm_to_mean,
+    gm_to_iso_gaussian, gm_mul_iso_gaussian and gm_posterior_mean (K up to one 64-component block,
+    C 1-4; partial chunks of 16 items; K = 65 and C = 5 take the general path), with a zero-weight
+    component and a batch broadcast over the std."""
+    _require_native(device)
+    case = GmCase(batch=batch, K=K, C=C, H=1, W=1, N=1, dtype=dtype)
+    means, logstds, logweights, samples = case.tensors(device)
+    if K > 2:
+        logweights = logweights.clone()
+        logweights[..., 1, :, :, :] = -float("inf")
+        logweights = torch.log_softmax(logweights.float(), dim=-4).to(dtype)
+    logstds = logstds[..., :1, :, :, :].expand(*logstds.shape[:-4], 1, 1, 1, 1)
+    g_var = _data(case, "logweights", (1, 1, 1), 2, device, kind="uniform", low=0.2, high=2.0)
+    x_src, x_tgt = samples[..., 0, :, :, :], _data(case, "means", (C, 1, 1), 4, device)
+    s_src = _extra(case, "logstds", (), 5, low=0.3, high=0.95, kind="uniform").to(_acc(dtype)).to(device)
+    calls = [
+        ("gm_to_mean", (means, logweights, 1.5)),
+        ("gm_to_iso_gaussian", (means, logstds, logweights)),
+        ("gm_mul_iso_gaussian", (means, logstds, logweights, x_tgt, g_var, 1.0, 0.5, 1e-6)),
+        ("gm_posterior_mean", (means, logstds, logweights, x_src, x_tgt, s_src, s_src * 0.6, 1e-6)),
+    ]
+    for op, args in calls:
+        out = getattr(torch.ops.gmflow, op)(*args)
+        expected = _library.OPS[op].fallback(*args)
+        for a, e in zip(out if isinstance(out, tuple) else (out,), expected if isinstance(expected, tuple) else (expected,)):
+            assert not torch.isnan(a).any(), op
+            _close(a, e, dtype, factor=4.0)
+
+
 def test_empty_inputs(device):
     _require_native(device)
     for case in (GmCase(batch=(0,), K=3, C=2, H=4, W=4, N=1), GmCase(batch=(2,), K=3, C=2, H=4, W=4, N=0),

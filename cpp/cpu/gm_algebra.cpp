@@ -56,6 +56,28 @@ GMFLOW_ALWAYS_INLINE void online_softmax_push(int64_t C, const A* GMFLOW_RESTRIC
 
 // ------------------------------------------------------------------ gm_mul_iso_gaussian
 
+// The GM of a chunk of single-pixel items: operand pointers and the one log-std of each item.
+template <typename T, typename A = acc_t<T>>
+struct ItemChunk {
+  const T* means[kItems];
+  const T* logweights[kItems];
+  A log_std[kItems] = {};
+
+  // Loads items i0 .. i0+count and calls op_operands(i, offsets) for the op's own operands.
+  template <int kOps, class F>
+  GMFLOW_ALWAYS_INLINE void load(const GmOperands<T>& gm, const BatchLayout<kOps>& layout, int64_t i0, int64_t count,
+                                 const F& op_operands) {
+    for (int64_t i = 0; i < count; ++i) {
+      int64_t off[kOps];
+      layout.offsets(i0 + i, off);
+      means[i] = gm.means + off[kMeans];
+      log_std[i] = load_acc(gm.logstds + off[kLogstds]);
+      logweights[i] = gm.logweights + off[kLogweights];
+      op_operands(i, off);
+    }
+  }
+};
+
 // Single-pixel images with one std per item (the toy): a chunk of items at a time, an item's
 // components in the vector lanes; the per-item factors and the final logs run over the chunk.
 template <int kC, typename T>
@@ -67,18 +89,13 @@ GMFLOW_ALWAYS_INLINE void mul_iso_items(const GmMulIsoGaussianParams<T>& prm, in
   A logits[kItems][kBlock];
   for (int64_t i0 = begin; i0 < end; i0 += kItems) {
     const int64_t count = std::min(kItems, end - i0);
-    A log_std[kItems] = {}, var_g[kItems] = {}, g_mean[kC][kItems] = {};
-    const T* means[kItems];
-    const T* logweights[kItems];
-    for (int64_t i = 0; i < count; ++i) {
-      int64_t off[5];
-      prm.layout.offsets(i0 + i, off);
-      means[i] = gm.means + off[0];
-      log_std[i] = load_acc(gm.logstds + off[1]);
-      logweights[i] = gm.logweights + off[2];
+    A var_g[kItems] = {}, g_mean[kC][kItems] = {};
+    ItemChunk<T> items;
+    const A* log_std = items.log_std;
+    items.load(gm, prm.layout, i0, count, [&](int64_t i, const int64_t(&off)[5]) {
       for (int c = 0; c < kC; ++c) g_mean[c][i] = load_acc(prm.gaussian_mean + off[3] + c * prm.gaussian_mean_sc);
       var_g[i] = load_acc(prm.gaussian_var + off[4]);
-    }
+    });
     A a[kItems], b[kItems], half_r_inv_n[kItems], out_log_std[kItems], lse[kItems];
 #pragma omp simd
     for (int64_t i = 0; i < kItems; ++i) {
@@ -94,7 +111,7 @@ GMFLOW_ALWAYS_INLINE void mul_iso_items(const GmMulIsoGaussianParams<T>& prm, in
       A m[kC];
       for (int c = 0; c < kC; ++c) m[c] = g_mean[c][i];
       const A ai = a[i], bi = b[i], h = half_r_inv_n[i];
-      const T* mu = means[i];
+      const T* mu = items.means[i];
       T* out_mu = prm.out_means + (i0 + i) * K * kC;
       A* logit = logits[i];
       with_unit_stride(gm.logweights_sk, [&](auto sk) {
@@ -107,7 +124,7 @@ GMFLOW_ALWAYS_INLINE void mul_iso_items(const GmMulIsoGaussianParams<T>& prm, in
             const A d = x - m[c];
             q += d * d;
           }
-          logit[j] = load_acc(logweights[i] + j * sk) - h * q;
+          logit[j] = load_acc(items.logweights[i] + j * sk) - h * q;
         }
       });
       const A max_value = max_parts<A>(K, [&](int64_t j) { return logit[j]; });
@@ -338,22 +355,17 @@ GMFLOW_ALWAYS_INLINE void posterior_items(const GmPosteriorMeanParams<T>& prm, i
   const A eps = A(prm.eps);
   for (int64_t i0 = begin; i0 < end; i0 += kItems) {
     const int64_t count = std::min(kItems, end - i0);
-    A log_std[kItems] = {}, s_src[kItems] = {}, s_tgt[kItems] = {}, x_src[kC][kItems] = {}, x_tgt[kC][kItems] = {};
-    const T* means[kItems];
-    const T* logweights[kItems];
-    for (int64_t i = 0; i < count; ++i) {
-      int64_t off[7];
-      prm.layout.offsets(i0 + i, off);
-      means[i] = gm.means + off[0];
-      log_std[i] = load_acc(gm.logstds + off[1]);
-      logweights[i] = gm.logweights + off[2];
+    A s_src[kItems] = {}, s_tgt[kItems] = {}, x_src[kC][kItems] = {}, x_tgt[kC][kItems] = {};
+    ItemChunk<T> items;
+    const A* log_std = items.log_std;
+    items.load(gm, prm.layout, i0, count, [&](int64_t i, const int64_t(&off)[7]) {
       s_src[i] = prm.sigma_src[off[5]];
       s_tgt[i] = prm.sigma_tgt[off[6]];
       for (int c = 0; c < kC; ++c) {
         x_src[c][i] = load_acc(prm.x_src + off[3] + c * prm.x_src_sc);
         x_tgt[c][i] = load_acc(prm.x_tgt + off[4] + c * prm.x_tgt_sc);
       }
-    }
+    });
     A zeta[kItems], var[kItems], inv_den[kItems], nu[kC][kItems], sum[kItems], acc[kC][kItems];
 #pragma omp simd
     for (int64_t i = 0; i < kItems; ++i) {
@@ -369,7 +381,7 @@ GMFLOW_ALWAYS_INLINE void posterior_items(const GmPosteriorMeanParams<T>& prm, i
       A a[kBlock], e[kBlock], nu_i[kC], acc_i[kC];
       for (int c = 0; c < kC; ++c) nu_i[c] = nu[c][i];
       const A half_zeta = A(0.5) * zeta[i], inv = inv_den[i];
-      const T* mu = means[i];
+      const T* mu = items.means[i];
       with_unit_stride(gm.logweights_sk, [&](auto sk) {
 #pragma omp simd
         for (int64_t j = 0; j < K; ++j) {
@@ -378,7 +390,7 @@ GMFLOW_ALWAYS_INLINE void posterior_items(const GmPosteriorMeanParams<T>& prm, i
             const A m = load_acc(mu + j * kC + c);
             q += m * (nu_i[c] - half_zeta * m);
           }
-          a[j] = load_acc(logweights[i] + j * sk) + q * inv;
+          a[j] = load_acc(items.logweights[i] + j * sk) + q * inv;
         }
       });
       const A max_value = max_parts<A>(K, [&](int64_t j) { return a[j]; });
