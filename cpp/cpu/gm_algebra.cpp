@@ -281,10 +281,9 @@ GMFLOW_ALWAYS_INLINE void posterior_setup(const GmPosteriorMeanParams<T>& prm, c
 }
 
 // Component k of every lane: the raw means (mu_rows[c]: the operand itself, or a copy in
-// mu_scratch[C][kLanes]), the moved means (into
-// moved[C][kLanes], unless null), the logit and the pieces the backward needs (var, den, its
-// derivative factor, 1 / den, Q = sum_c mu (nu - zeta mu / 2)). var, den, dden and inv are only
-// recomputed when the std changes (k = 0 or per-component stds).
+// mu_scratch[C][kLanes]), the moved means (into moved[C][kLanes], unless null), the logit and the
+// pieces the backward needs (var, den, its derivative factor, 1 / den, Q = sum_c mu (nu - zeta mu / 2)).
+// var, den, dden and inv are only recomputed when the std changes (k = 0 or per-component stds).
 template <typename T, typename A>
 GMFLOW_ALWAYS_INLINE void posterior_component(const GmPosteriorMeanParams<T>& prm, const LaneTile<7>& L,
                                               const PosteriorTile<A>& pt, int64_t k, A* GMFLOW_RESTRICT var,
