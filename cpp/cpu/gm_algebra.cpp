@@ -97,6 +97,7 @@ GMFLOW_ALWAYS_INLINE void mul_iso_items(const GmMulIsoGaussianParams<T>& prm, in
       var_g[i] = load_acc(prm.gaussian_var + off[4]);
     });
     A a[kItems], b[kItems], half_r_inv_n[kItems], out_log_std[kItems], lse[kItems];
+    A block_max[kItems] = {}, block_sum[kItems] = {};
 #pragma omp simd
     for (int64_t i = 0; i < kItems; ++i) {
       const A var = fast_exp(A(2) * log_std[i]);
@@ -127,13 +128,11 @@ GMFLOW_ALWAYS_INLINE void mul_iso_items(const GmMulIsoGaussianParams<T>& prm, in
           logit[j] = load_acc(items.logweights[i] + j * sk) - h * q;
         }
       });
-      const A max_value = max_parts<A>(K, [&](int64_t j) { return logit[j]; });
-      const A sum = sum_parts<A>(K, [&](int64_t j) { return fast_exp(logit[j] - max_value); });
-      a[i] = max_value;  // reused: the chunk's logs run vectorised below
-      b[i] = sum;
+      block_logsumexp(logit, K, block_max[i], block_sum[i]);
     }
+    // The chunk's logs, vectorised.
 #pragma omp simd
-    for (int64_t i = 0; i < kItems; ++i) lse[i] = a[i] + fast_log(b[i]);
+    for (int64_t i = 0; i < kItems; ++i) lse[i] = lse_result(block_max[i], block_sum[i]);
     for (int64_t i = 0; i < count; ++i) {
       T* out_lw = prm.out_logweights + (i0 + i) * K;
       const A* logit = logits[i];
@@ -392,12 +391,7 @@ GMFLOW_ALWAYS_INLINE void posterior_items(const GmPosteriorMeanParams<T>& prm, i
           a[j] = load_acc(items.logweights[i] + j * sk) + q * inv;
         }
       });
-      const A max_value = max_parts<A>(K, [&](int64_t j) { return a[j]; });
-      sum[i] = sum_parts<A>(K, [&](int64_t j) {
-        const A w = a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - max_value);
-        e[j] = w;
-        return w;
-      });
+      sum[i] = block_softmax_weights(a, K, e);
       sum_parts_channels<kC, A>(K, [&](int64_t j, int c) { return e[j] * load_acc(mu + j * kC + c); }, acc_i);
       for (int c = 0; c < kC; ++c) acc[c][i] = acc_i[c];
     }
@@ -425,7 +419,7 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
   A* acc = moved + C * kLanes;
   A* mu = acc + C * kLanes;
   A* logits = mu + C * kLanes;  // [K][kLanes], shared std
-  std::vector<const A*> mu_rows(size_t(C) + 1), moved_rows(size_t(C) + 1);
+  std::vector<const A*> mu_rows(static_cast<size_t>(C)), moved_rows(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) moved_rows[c] = moved + c * kLanes;
   LaneTile<7> tile;
   for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
@@ -501,7 +495,7 @@ GMFLOW_FLATTEN void posterior_backward_range(const GmPosteriorMeanBackwardParams
   A* g = moved + C * kLanes;
   A* out = g + C * kLanes;
   A* mu = out + C * kLanes;
-  std::vector<const A*> mu_rows(size_t(C) + 1);
+  std::vector<const A*> mu_rows(static_cast<size_t>(C));
   LaneTile<7> tile;
   for_each_lane_tile(fwd.layout, posterior_strides(fwd), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
     PosteriorTile<A> pt;

@@ -271,12 +271,7 @@ GMFLOW_ALWAYS_INLINE void to_mean_packed(const GmToMeanParams<T>& prm, const Bat
 #pragma omp simd
         for (int64_t j = 0; j < gm.K; ++j) a[j] = power * load_acc(lw + j * sk);
       });
-      const A m = max_parts<A>(gm.K, [&](int64_t j) { return a[j]; });
-      const A sum = sum_parts<A>(gm.K, [&](int64_t j) {
-        const A w = a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - m);
-        e[j] = w;
-        return w;
-      });
+      const A sum = block_softmax_weights(a, gm.K, e);
       sum_parts_channels<kC, A>(gm.K, [&](int64_t j, int c) { return e[j] * load_acc(mu + j * kC + c); }, acc);
       const A inv = A(1) / sum;
       for (int64_t c = 0; c < kC; ++c) store_acc(prm.mean + (b * kC + c) * gm.P + p, acc[c] * inv);

@@ -232,6 +232,18 @@ GMFLOW_ALWAYS_INLINE void sum_parts_channels(int64_t count, const F& f, A (&out)
   }
 }
 
+// Unnormalised softmax weights of a block: e[j] = exp(a[j] - max a) (0 for a[j] = -inf); returns
+// their sum.
+template <typename A>
+GMFLOW_ALWAYS_INLINE A block_softmax_weights(const A* GMFLOW_RESTRICT a, int64_t count, A* GMFLOW_RESTRICT e) {
+  const A m = max_parts<A>(count, [&](int64_t j) { return a[j]; });
+  return sum_parts<A>(count, [&](int64_t j) {
+    const A w = a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - m);
+    e[j] = w;
+    return w;
+  });
+}
+
 // Maximum and sum of exp(a - max) of a block.
 template <typename A>
 GMFLOW_ALWAYS_INLINE void block_logsumexp(const A* GMFLOW_RESTRICT a, int64_t count, A& block_max, A& block_sum) {
