@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import gmflow
-from gmflow import _library
+from gmflow import _library, _native
 from gmflow import info as gm_info
 from gmflow.reference import density as ref
 from gmflow._ops import kr as kr_op
@@ -488,7 +488,9 @@ def machine_name(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"cpu-{os.cpu_count()}core-" + "-".join(model.split()).replace("/", "-")
+    # The kernel build in use tells apart machines that report the same model name (AVX2 / AVX-512 EPYCs).
+    isa = _native.STATE.libraries["cpu"].cpu_isa
+    return f"cpu-{os.cpu_count()}core-" + "-".join(model.split()).replace("/", "-") + (f"-{isa}" if isa else "")
 
 
 def main(argv=None) -> int:

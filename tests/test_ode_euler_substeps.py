@@ -79,6 +79,47 @@ def test_matches_the_per_substep_loop(case, data):
     torch.testing.assert_close(fused, loop, rtol=0, atol=tol * _scale(loop))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("K,batch,HW", [(64, (37,), (1, 1)), (64, (130,), (1, 1)), (1, (2, 5), (1, 1)),
+                                        (8, (3,), (5, 6))])
+def test_register_block_path(dtype, C, K, batch, HW):
+    """The CPU kernel's register-block path (one std per lane, fp32 arithmetic, C <= 4; C = 5 takes the
+    general path) at the toy's K = 64 with partial lane tiles, at K = 1 and on images: the per-sub-step loop
+    within 1e-5 (relative to the largest value) in float32, a zero-weight component included."""
+    gen = torch.Generator().manual_seed(C * 1000 + K)
+    means = torch.randn(*batch, K, C, *HW, generator=gen) * 2
+    logweights = torch.log_softmax(torch.randn(*batch, K, 1, *HW, generator=gen), dim=-4)
+    if K > 1:
+        logweights[..., 1, :, :, :] = -math.inf
+    gm = GaussianMixture(means.to(dtype), torch.full((*batch, 1, 1, 1, 1), -0.6).to(dtype), logweights.to(dtype))
+    x_src = torch.randn(*batch, C, *HW, generator=gen).to(dtype)
+    sigmas = _grid(batch, 16, 0.05, C, torch.float32)
+    fused = ops.gm_ode_euler_substeps(gm, x_src, sigmas=sigmas)
+    loop = _loop(gm, x_src, sigmas)
+    assert fused.dtype == dtype and torch.isfinite(fused).all()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(fused.float(), loop.float(), rtol=0, atol=tol * _scale(loop.float()))
+
+
+@pytest.mark.parametrize("operand", ["means", "logweights", "x_src"])
+def test_nan_reaches_only_its_items_result(operand):
+    """A NaN in one item's operand makes that item's result NaN (the wrappers' value checks find the input
+    by it) and leaves the other items' results as they were (70 items: two lane tiles at the toy's shape)."""
+    gen = torch.Generator().manual_seed(3)
+    call = dict(means=torch.randn(70, 64, 2, 1, 1, generator=gen), logstds=torch.full((70, 1, 1, 1, 1), -0.6),
+                logweights=torch.log_softmax(torch.randn(70, 64, 1, 1, 1, generator=gen), dim=-4),
+                x_src=torch.randn(70, 2, 1, 1, generator=gen))
+    sigmas = _grid((), 4, 0.0, 0, torch.float32)
+    clean = G.gm_ode_euler_substeps(*call.values(), sigmas)
+    call[operand] = call[operand].clone()
+    call[operand][66].view(-1)[1] = math.nan
+    out = G.gm_ode_euler_substeps(*call.values(), sigmas)
+    assert torch.isnan(out[66]).all()
+    others = torch.arange(70) != 66
+    torch.testing.assert_close(out[others], clean[others], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 @pytest.mark.parametrize("outer", [0, 2, 3])
 def test_matches_the_scheduler_loop(shift, outer):

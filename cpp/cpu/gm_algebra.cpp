@@ -16,6 +16,7 @@
 //   gm_sample (docs/ops.md#gm_sample): component = first k with cumsum_k(e) > u sum(e), e = exp(power lambda - max),
 //     sample = mu_k + s_k (/ sqrt power if cov_sharpen) * normal.
 #include "gm_lanes.h"
+#include "gm_vec.h"
 
 namespace gmflow {
 namespace cpu {
@@ -403,6 +404,72 @@ GMFLOW_ALWAYS_INLINE void posterior_items(const GmPosteriorMeanParams<T>& prm, i
   }
 }
 
+#if GMFLOW_HAVE_VECF
+// A lane tile with one std per lane, fp32 arithmetic and C = kC in register blocks (gm_vec.h): the
+// arithmetic of posterior_component and the shared-std branch of posterior_range, per block of
+// kVecLanes lanes with the max, the sum and the per-channel sums in registers. rows: K (kC + 1)
+// pointers; row_copies and block_gm: K (kC + 1) rows of kLanes each (copies of rows that are not
+// read in place; the rows packed block by block); logits: K rows of kVecLanes; out: [kC][kLanes].
+template <int kC, typename T>
+GMFLOW_ALWAYS_INLINE void posterior_tile_blocks(const GmPosteriorMeanParams<T>& prm, const LaneTile<7>& L,
+                                                const PosteriorTile<float>& pt, const float** rows,
+                                                float* row_copies, float* block_gm, float* logits, float* out) {
+  constexpr int64_t W = kVecLanes;
+  constexpr int64_t kRows = kC + 1;  // per component: the means and the logweight
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t K = gm.K;
+  const float eps = float(prm.eps);
+  float var_row[kLanes], inv_row[kLanes];
+  gather(gm.logstds, L, 1, gm.logstds_sp, 0, var_row);
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    var_row[v] = fast_exp(2.0f * var_row[v]);
+    inv_row[v] = 1.0f / clamp_min(var_row[v] * pt.zeta[v] + 1.0f, eps);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    for (int c = 0; c < kC; ++c) {
+      const int64_t r = k * kRows + c;
+      rows[r] = gather_view(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, row_copies + r * kLanes);
+    }
+    const int64_t r = k * kRows + kC;
+    rows[r] = gather_view(gm.logweights, L, 2, 1, k * gm.logweights_sk, row_copies + r * kLanes);
+  }
+  // Packed block by block, each row read whole (in-place rows are P values apart, often a power of
+  // two: one block's loads straight from them would share a few L1 sets and defeat the prefetcher).
+  const int64_t block_size = K * kRows * W;
+  for (int64_t r = 0; r < K * kRows; ++r)
+    for (int64_t vb = 0; vb < kLanes; vb += W) store_vec(block_gm + vb / W * block_size + r * W, load_vec(rows[r] + vb));
+  for (int64_t vb = 0; vb < kLanes; vb += W) {
+    const float* block = block_gm + vb / W * block_size;
+    const VecF zeta = load_vec(pt.zeta + vb), half_zeta = 0.5f * zeta, inv = load_vec(inv_row + vb);
+    VecF nu[kC];
+    for (int c = 0; c < kC; ++c) nu[c] = load_vec(pt.nu + c * kLanes + vb);
+    VecF max_value = splat(-INFINITY);
+    for (int64_t k = 0; k < K; ++k) {
+      const float* gk = block + k * kRows * W;
+      VecF q = splat(0.0f);
+      for (int c = 0; c < kC; ++c) {
+        const VecF mu = load_vec(gk + c * W);
+        q += mu * (nu[c] - half_zeta * mu);
+      }
+      const VecF logit = load_vec(gk + kC * W) + q * inv;
+      store_vec(logits + k * W, logit);
+      max_value = max_vec(logit, max_value);
+    }
+    VecF sum = splat(0.0f), acc[kC];
+    for (int c = 0; c < kC; ++c) acc[c] = splat(0.0f);
+    for (int64_t k = 0; k < K; ++k) {
+      const float* gk = block + k * kRows * W;
+      const VecF e = exp_nonpositive_vec(load_vec(logits + k * W) - max_value);  // a -inf logit gives 0
+      sum += e;
+      for (int c = 0; c < kC; ++c) acc[c] += e * load_vec(gk + c * W);
+    }
+    const VecF var = load_vec(var_row + vb);
+    for (int c = 0; c < kC; ++c) store_vec(out + c * kLanes + vb, (var * nu[c] + acc[c] / sum) * inv);
+  }
+}
+#endif  // GMFLOW_HAVE_VECF
+
 template <typename T>
 GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
@@ -422,6 +489,27 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
   std::vector<const A*> mu_rows(static_cast<size_t>(C)), moved_rows(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) moved_rows[c] = moved + c * kLanes;
   LaneTile<7> tile;
+#if GMFLOW_HAVE_VECF
+  if constexpr (std::is_same_v<A, float>) {
+    if (gm.logstds_k == 1 && C <= 4) {
+      Scratch<float> blocks(2 * K * (C + 1) * kLanes + K * kVecLanes);
+      float* row_copies = blocks.get();
+      float* block_gm = row_copies + K * (C + 1) * kLanes;
+      float* block_logits = block_gm + K * (C + 1) * kLanes;
+      std::vector<const float*> rows(static_cast<size_t>(K * (C + 1)));
+      for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
+        PosteriorTile<A> pt;
+        posterior_setup(prm, L, pt, nu);
+        dispatch_packed_channels(C, true, [&]<int kC>() {
+          if constexpr (kC > 0)
+            posterior_tile_blocks<kC>(prm, L, pt, rows.data(), row_copies, block_gm, block_logits, acc);
+        });
+        for (int64_t c = 0; c < C; ++c) scatter(prm.mean, L, C * P, c * P, acc + c * kLanes);
+      });
+      return;
+    }
+  }
+#endif
   for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
     PosteriorTile<A> pt;
     posterior_setup(prm, L, pt, nu);
@@ -832,6 +920,82 @@ GMFLOW_ALWAYS_INLINE void ode_euler(int64_t C, const OdeStep<A>& st, const A* x0
   }
 }
 
+#if GMFLOW_HAVE_VECF
+// All S sub-steps of a tile with one std per lane (the toy's and the latents' layout), fp32
+// arithmetic, C = kC: each block of kVecLanes lanes runs its S sub-steps with the running max, the
+// sum and the per-channel sums in registers over the k-loops (gm_vec.h), and the block's part of
+// the tile's GM rows, packed, stays in L1 across the sub-steps. The arithmetic is that of
+// ode_step_setup, ode_posterior_mean and ode_euler (the exp's polynomial in another order).
+// x: [C][kLanes], in and out; logits: K rows of kVecLanes; block_gm: K (kC + 2) rows of kVecLanes.
+template <int kC>
+GMFLOW_ALWAYS_INLINE void ode_tile_shared_std(const OdeGm<float>& g, const float* sigmas, const float* x_src,
+                                              int64_t S, float* x, float* logits, float* block_gm) {
+  constexpr int64_t W = kVecLanes;
+  constexpr int64_t kRows = kC + 2;  // per component: the means, |mu|^2, the logweight
+  for (int64_t vb = 0; vb < kLanes; vb += W) {
+    // The block's lanes of the GM rows, packed per component: the tile's rows are kLanes apart, a
+    // power-of-two stride that maps the block's loads onto few L1 sets (they evicted each other).
+    for (int64_t k = 0; k < g.K; ++k) {
+      float* dst = block_gm + k * kRows * W;
+      for (int c = 0; c < kC; ++c) store_vec(dst + c * W, load_vec(g.mu + (k * kC + c) * kLanes + vb));
+      store_vec(dst + kC * W, load_vec(g.m2 + k * kLanes + vb));
+      store_vec(dst + (kC + 1) * W, load_vec(g.lw + k * kLanes + vb));
+    }
+    VecF xv[kC], xs[kC];
+    for (int c = 0; c < kC; ++c) {
+      xv[c] = load_vec(x + c * kLanes + vb);
+      xs[c] = load_vec(x_src + c * kLanes + vb);
+    }
+    const VecF var = load_vec(g.var + vb);
+    for (int64_t j = 0; j < S; ++j) {
+      float zeta_s[W], c_src_s[W], c_tgt_s[W], ratio_s[W];
+      const float* s0 = sigmas + vb;
+      const float* sj = sigmas + j * kLanes + vb;
+#pragma omp simd
+      for (int64_t v = 0; v < W; ++v) {
+        const OdeSubstep<float> o = ode_substep(s0[v], sj[v], sj[kLanes + v], g.eps);
+        zeta_s[v] = o.zeta;
+        c_src_s[v] = o.c_src;
+        c_tgt_s[v] = o.c_tgt;
+        ratio_s[v] = o.ratio;
+      }
+      const VecF zeta = load_vec(zeta_s), c_src = load_vec(c_src_s), c_tgt = load_vec(c_tgt_s);
+      VecF nu[kC];
+      for (int c = 0; c < kC; ++c) nu[c] = c_tgt * xv[c] - c_src * xs[c];
+      const VecF raw = var * zeta + 1.0f;
+      const VecF eps = splat(g.eps);
+      const VecF inv = 1.0f / (raw < eps ? eps : raw);
+      const VecF half_zeta = -0.5f * zeta;
+      // Pass 1: logits (the shared std's own terms are the same for every k and left out) and their max.
+      VecF max_value = splat(-INFINITY);
+      for (int64_t k = 0; k < g.K; ++k) {
+        const float* gk = block_gm + k * kRows * W;
+        VecF q = half_zeta * load_vec(gk + kC * W);
+        for (int c = 0; c < kC; ++c) q += load_vec(gk + c * W) * nu[c];
+        const VecF logit = load_vec(gk + (kC + 1) * W) + q * inv;
+        store_vec(logits + k * W, logit);
+        max_value = max_vec(logit, max_value);
+      }
+      // Pass 2: one exp per component, the softmax sum and the weighted sums of the means.
+      VecF sum = splat(0.0f), acc[kC];
+      for (int c = 0; c < kC; ++c) acc[c] = splat(0.0f);
+      for (int64_t k = 0; k < g.K; ++k) {
+        const float* gk = block_gm + k * kRows * W;
+        const VecF w = exp_nonpositive_vec(load_vec(logits + k * W) - max_value);
+        sum += w;
+        for (int c = 0; c < kC; ++c) acc[c] += w * load_vec(gk + c * W);
+      }
+      const VecF w_var = var * sum, ratio = load_vec(ratio_s);
+      for (int c = 0; c < kC; ++c) {
+        const VecF x0 = (acc[c] + w_var * nu[c]) / sum * inv;
+        xv[c] = x0 + ratio * (xv[c] - x0);
+      }
+    }
+    for (int c = 0; c < kC; ++c) store_vec(x + c * kLanes + vb, xv[c]);
+  }
+}
+#endif  // GMFLOW_HAVE_VECF
+
 template <typename T>
 LaneStrides<5> ode_strides(const GmOdeEulerSubstepsParams<T>& prm) {
   LaneStrides<5> st;
@@ -888,11 +1052,12 @@ template <typename T>
 GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const int64_t K = prm.gm.K, C = prm.gm.C, P = prm.gm.P, S = prm.S;
-  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K + 3 * C + S + 1) * kLanes);
+  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K * (C + 3) + 3 * C + S + 1) * kLanes);
   OdeGm<A> g;
   OdeStep<A> st;
   ode_init(prm, s, g, st);
   A* logits = s.take(K);
+  A* block_gm = s.take(K * (C + 2));
   A* x_src = s.take(C);
   A* x = s.take(C);
   A* x0 = s.take(C);
@@ -901,6 +1066,17 @@ GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t be
   for_each_lane_tile(prm.layout, ode_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<5>& L) {
     ode_load(prm, L, g, x_src, sigmas);
     for (int64_t i = 0; i < C * kLanes; ++i) x[i] = x_src[i];
+#if GMFLOW_HAVE_VECF
+    if constexpr (std::is_same_v<A, float>) {
+      if (!g.per_component && C <= 4) {
+        dispatch_packed_channels(C, true, [&]<int kC>() {
+          if constexpr (kC > 0) ode_tile_shared_std<kC>(g, sigmas, x_src, S, x, logits, block_gm);
+        });
+        for (int64_t c = 0; c < C; ++c) scatter(prm.out, L, C * P, c * P, x + c * kLanes);
+        return;
+      }
+    }
+#endif
     for (int64_t j = 0; j < S; ++j) {
       ode_step_setup(g, sigmas, j, x, x_src, st);
       ode_posterior_mean(g, st, logits, x0, static_cast<A*>(nullptr));
