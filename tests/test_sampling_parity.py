@@ -318,6 +318,30 @@ def test_single_pixel_items(device, dtype, C, batch, K):
             _close(a, e, dtype, factor=4.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("batch,K,HW", [((2,), 8, (5, 30)), ((3,), 64, (4, 4)), ((1, 2), 1, (8, 9))])
+def test_posterior_mean_register_blocks(device, dtype, C, batch, K, HW):
+    """Images with one std per batch element: gm_posterior_mean's lane tiles in register blocks (fp32
+    arithmetic, C 1-4; C = 5 takes the general path), partial tiles (150 pixels), K = 64, a zero-weight
+    component, against the fallback."""
+    _require_native(device)
+    case = GmCase(batch=batch, K=K, C=C, H=HW[0], W=HW[1], N=1, dtype=dtype)
+    means, logstds, logweights, samples = case.tensors(device)
+    if K > 2:
+        logweights = logweights.clone()
+        logweights[..., 1, :, :, :] = -float("inf")
+        logweights = torch.log_softmax(logweights.float(), dim=-4).to(dtype)
+    logstds = logstds[..., :1, :1, :1].expand(*logstds.shape[:-4], 1, 1, 1, 1)
+    x_src, x_tgt = samples[..., 0, :, :, :], _data(case, "means", (C, *HW), 4, device)
+    s_src = _extra(case, "logstds", (), 5, low=0.3, high=0.95, kind="uniform").to(_acc(dtype)).to(device)
+    args = (means, logstds, logweights, x_src, x_tgt, s_src, s_src * 0.6, 1e-6)
+    out = torch.ops.gmflow.gm_posterior_mean(*args)
+    expected = _library.OPS["gm_posterior_mean"].fallback(*args)
+    assert not torch.isnan(out).any()
+    _close(out, expected, dtype, factor=4.0)
+
+
 def test_empty_inputs(device):
     _require_native(device)
     for case in (GmCase(batch=(0,), K=3, C=2, H=4, W=4, N=1), GmCase(batch=(2,), K=3, C=2, H=4, W=4, N=0),
