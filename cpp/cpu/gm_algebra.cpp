@@ -490,29 +490,31 @@ GMFLOW_FLATTEN void posterior_range(const GmPosteriorMeanParams<T>& prm, int64_t
   for (int64_t c = 0; c < C; ++c) moved_rows[c] = moved + c * kLanes;
   LaneTile<7> tile;
 #if GMFLOW_HAVE_VECF
-  if constexpr (std::is_same_v<A, float>) {
-    if (gm.logstds_k == 1 && C <= 4) {
-      Scratch<float> blocks(2 * K * (C + 1) * kLanes + K * kVecLanes);
-      float* row_copies = blocks.get();
-      float* block_gm = row_copies + K * (C + 1) * kLanes;
-      float* block_logits = block_gm + K * (C + 1) * kLanes;
-      std::vector<const float*> rows(static_cast<size_t>(K * (C + 1)));
-      for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
-        PosteriorTile<A> pt;
-        posterior_setup(prm, L, pt, nu);
-        dispatch_packed_channels(C, true, [&]<int kC>() {
-          if constexpr (kC > 0)
-            posterior_tile_blocks<kC>(prm, L, pt, rows.data(), row_copies, block_gm, block_logits, acc);
-        });
-        for (int64_t c = 0; c < C; ++c) scatter(prm.mean, L, C * P, c * P, acc + c * kLanes);
-      });
-      return;
-    }
-  }
+  constexpr bool kFp32 = std::is_same_v<A, float>;
+  const bool register_blocks = kFp32 && gm.logstds_k == 1 && C <= 4;
+#else
+  const bool register_blocks = false;
 #endif
+  Scratch<A> blocks(register_blocks ? 2 * K * (C + 1) * kLanes + K * kLanes : 0);
+  std::vector<const A*> block_rows(register_blocks ? static_cast<size_t>(K * (C + 1)) : 0);
   for_each_lane_tile(prm.layout, posterior_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<7>& L) {
     PosteriorTile<A> pt;
     posterior_setup(prm, L, pt, nu);
+#if GMFLOW_HAVE_VECF
+    if constexpr (kFp32) {
+      if (register_blocks) {
+        A* row_copies = blocks.get();
+        A* block_gm = row_copies + K * (C + 1) * kLanes;
+        dispatch_packed_channels(C, true, [&]<int kC>() {
+          if constexpr (kC > 0)
+            posterior_tile_blocks<kC>(prm, L, pt, block_rows.data(), row_copies, block_gm,
+                                      block_gm + K * (C + 1) * kLanes, acc);
+        });
+        for (int64_t c = 0; c < C; ++c) scatter(prm.mean, L, C * P, c * P, acc + c * kLanes);
+        return;
+      }
+    }
+#endif
     A var[kLanes], den[kLanes], dden[kLanes], inv_den[kLanes], q[kLanes], logit[kLanes], max_value[kLanes];
     A sum[kLanes];
     for (int64_t v = 0; v < kLanes; ++v) {
@@ -1052,12 +1054,18 @@ template <typename T>
 GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const int64_t K = prm.gm.K, C = prm.gm.C, P = prm.gm.P, S = prm.S;
-  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K * (C + 3) + 3 * C + S + 1) * kLanes);
+#if GMFLOW_HAVE_VECF
+  const bool register_blocks = std::is_same_v<A, float> && prm.gm.logstds_k == 1 && C <= 4;
+#else
+  const bool register_blocks = false;
+#endif
+  const int64_t block_rows = register_blocks ? K * (C + 2) : 0;
+  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K + block_rows + 3 * C + S + 1) * kLanes);
   OdeGm<A> g;
   OdeStep<A> st;
   ode_init(prm, s, g, st);
   A* logits = s.take(K);
-  A* block_gm = s.take(K * (C + 2));
+  A* block_gm = s.take(block_rows);
   A* x_src = s.take(C);
   A* x = s.take(C);
   A* x0 = s.take(C);
@@ -1068,7 +1076,7 @@ GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t be
     for (int64_t i = 0; i < C * kLanes; ++i) x[i] = x_src[i];
 #if GMFLOW_HAVE_VECF
     if constexpr (std::is_same_v<A, float>) {
-      if (!g.per_component && C <= 4) {
+      if (register_blocks) {
         dispatch_packed_channels(C, true, [&]<int kC>() {
           if constexpr (kC > 0) ode_tile_shared_std<kC>(g, sigmas, x_src, S, x, logits, block_gm);
         });
