@@ -66,12 +66,15 @@ log "sdist"
 SDIST=$(ls "$WORK"/sdist/gmflow-*.tar.gz)
 
 # One wheel per CUDA variant, each from its own copy of the unpacked sdist, repaired and checked.
+# The CPU library does not depend on CUDA: the first variant builds it, the others ship that build.
 WHEELS=()
+CPU_LIBRARY=""
 build_wheel() {
   local variant=$1
   local src="$WORK/cu$variant/src" out="$WORK/cu$variant"
   local build_env=(GMFLOW_CUDA=ON SKBUILD_BUILD_DIR="$out/build")
-  log "wheel for CUDA $variant from the sdist (CUDA archs: ${GMFLOW_CUDA_ARCHS:-default list})"
+  log "wheel for CUDA $variant from the sdist (CUDA archs: ${GMFLOW_CUDA_ARCHS:-default list}; CPU library: ${CPU_LIBRARY:-built here})"
+  [[ -z "$CPU_LIBRARY" ]] || build_env+=(GMFLOW_PREBUILT_CPU_LIBRARY="$CPU_LIBRARY")
   # Built from the unpacked sdist, so a file missing from the sdist breaks this build, not a user's.
   mkdir -p "$src"
   tar -xzf "$SDIST" -C "$src" --strip-components=1
@@ -102,6 +105,10 @@ build_wheel() {
     unzip -l "$raw" | grep "gmflow/libgmflow_$lib.so" > /dev/null || { echo "libgmflow_$lib.so missing from $raw"; exit 1; }
   done
   unzip -p "$raw" gmflow/_build_info.json > "$out/build_info.json"
+  if [[ -z "$CPU_LIBRARY" ]]; then
+    CPU_LIBRARY="$WORK/libgmflow_cpu.so"
+    unzip -p "$raw" gmflow/libgmflow_cpu.so > "$CPU_LIBRARY"
+  fi
   "$VENV/bin/python" - "$out/build_info.json" "$variant" <<'EOF'
 import json, sys
 info, variant = json.load(open(sys.argv[1])), sys.argv[2]
