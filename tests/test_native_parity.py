@@ -188,6 +188,45 @@ def test_many_components_cross_block_boundaries(device, K, HW):
         _close(a, b, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("K,N,layout", [(8, 1, "shared"), (16, 2, "per_pixel"), (17, 1, "shared"),
+                                        (1, 1, "per_pixel"), (3, 2, "per_component_pixel")])
+def test_logprob_pixel_tiles_at_edge_pixels(device, dtype, C, K, N, layout):
+    """gm_logprob's pixel tiles (two-pass logsumexp for K <= 16, the online one above) and its backward,
+    on 150-pixel images (a full tile and a partial one), with a pixel whose weights are all zero (-inf,
+    zero gradients) and one with a NaN mean (NaN there, and in a shared std's gradient), against the
+    reference."""
+    _require_native(device)
+    case = GmCase(batch=(2,), K=K, C=C, H=10, W=15, N=N, dtype=dtype, logstd_layout=layout)
+    means, logstds, logweights, samples = case.tensors(device)
+    logweights = logweights.clone()
+    logweights[0, :, :, 2, 3] = -float("inf")
+    means = means.clone()
+    means[1, K - 1, C - 1, 1, 2] = float("nan")
+    out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    expected = ref.gm_logprob(means, logstds, logweights, samples)
+    assert (out[0, :, 2, 3] == -float("inf")).all()
+    assert torch.isnan(out[1, :, 1, 2]).all()
+    finite = torch.ones_like(out, dtype=torch.bool)
+    finite[0, :, 2, 3] = False
+    finite[1, :, 1, 2] = False
+    assert torch.isfinite(out[finite]).all()
+    _close(out[finite], expected[finite], dtype)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device, dtype)
+    grads = torch.ops.gmflow.gm_logprob_backward(grad, means, logstds, logweights, samples, out, [True] * 4)
+    expected = ref.gm_logprob_backward(grad, means, logstds, logweights, samples, out, [True] * 4)
+    for g, e in zip(grads, expected):
+        # NaN exactly where the reference has it (the NaN pixel's rows; a shared std's whole batch element)
+        assert torch.equal(torch.isnan(g), torch.isnan(e))
+        assert torch.isnan(g).any()
+        scale = max(1.0, e.nan_to_num(0.0).abs().max().item())
+        tol = tolerances(dtype)
+        torch.testing.assert_close(g, e, equal_nan=True, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    for g in (grads[0], grads[2]):
+        assert (g[0, ..., 2, 3] == 0).all()  # the zero-weight pixel: no responsibility anywhere
+
+
 def test_zero_weight_component_gives_no_nan(device):
     """One logweight at -inf (others finite): finite log density and gradients (docs/testing.md#algebra-oracles)."""
     _require_native(device)

@@ -39,6 +39,8 @@ GMFLOW_ALWAYS_INLINE void put_row(T* GMFLOW_RESTRICT dst, const A* GMFLOW_RESTRI
 
 // ------------------------------------------------------------------ forward
 
+constexpr int64_t kTileLogitRows = 16;  // K up to this: the pixel tiles' two-pass logsumexp
+
 template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
@@ -107,6 +109,30 @@ GMFLOW_FLATTEN void logprob_range(const GmLogprobParams<T>& prm, int64_t begin, 
         for (int64_t v = 0; v < kTile; ++v) {
           max_value[v] = neg_infinity<A>();
           sum[v] = A(0);
+        }
+        const int64_t n_v = kWidth > 0 ? kWidth : count;
+        if (gm.K <= kTileLogitRows) {
+          // Two passes: the logits and their max, then one exp each (no per-update selects).
+          A logits[kTileLogitRows * kTile];
+          for (int64_t k = 0; k < gm.K; ++k) {
+            A* row = logits + k * kTile;
+            tile_component_prior<kWidth>(gm, g, p0, count, k, inv_std, norm, row);
+            tile_subtract_quadratic<kWidth>(gm, g, p0, count, k, x_row + p0, prm.samples_sc, inv_std, row);
+#pragma omp simd
+            for (int64_t v = 0; v < n_v; ++v)
+              max_value[v] = row[v] > max_value[v] || row[v] != row[v] ? row[v] : max_value[v];  // NaN stays
+          }
+          for (int64_t k = 0; k < gm.K; ++k) {
+            const A* row = logits + k * kTile;
+#pragma omp simd
+            for (int64_t v = 0; v < n_v; ++v) sum[v] += exp_clamped(row[v] - max_value[v]);  // -inf rows: ~1e-38
+          }
+#pragma omp simd
+          for (int64_t v = 0; v < n_v; ++v) {
+            const A result = max_value[v] + fast_log(sum[v]);
+            store_acc(out + p0 + v, max_value[v] == neg_infinity<A>() ? max_value[v] : result);
+          }
+          return;
         }
         for (int64_t k = 0; k < gm.K; ++k) {
           tile_component_prior<kWidth>(gm, g, p0, count, k, inv_std, norm, a);
