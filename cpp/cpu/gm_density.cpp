@@ -1,7 +1,8 @@
 // CPU kernels of gm_logprob and its backward (torch-free).
 //
-// One pass over the K components of each pixel with an online logsumexp, so no
-// (N, K, C, H, W) tensor ever exists. See gm_pixel.h for the two loop orders.
+// A logsumexp over the K components of each pixel (online, or in two passes over a pixel tile's
+// K <= 16 rows of logits), so no (N, K, C, H, W) tensor ever exists. See gm_pixel.h for the two
+// loop orders.
 //
 // Backward, per pixel, with r_nk = exp(a_nk - logprob_n) * grad_n and z = (x - mu) / s:
 //   d/dlogweight_k = sum_n r_nk
