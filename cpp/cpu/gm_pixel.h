@@ -189,12 +189,15 @@ GMFLOW_ALWAYS_INLINE A reduce_parts(int64_t count, A init, const Op& op, const F
 #pragma omp simd
     for (int v = 0; v < kParts; ++v) part[v] = op(part[v], f(j0 + v));
   }
-  for (int64_t j = j0; j < count; ++j) part[j - j0] = op(part[j - j0], f(j));
+  // The tail has its own accumulator: indexing part by a run-time j - j0 kept the partials in
+  // memory, so every step of the loop above went through a store and a reload.
+  A tail = init;
+  for (int64_t j = j0; j < count; ++j) tail = op(tail, f(j));
   for (int w = kParts / 2; w >= 1; w /= 2) {
 #pragma omp simd
     for (int v = 0; v < w; ++v) part[v] = op(part[v], part[v + w]);
   }
-  return part[0];
+  return op(part[0], tail);
 }
 
 template <typename A, class F>
