@@ -318,6 +318,39 @@ def test_single_pixel_items(device, dtype, C, batch, K):
             _close(a, e, dtype, factor=4.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("batch,K,HW", [((2,), 8, (5, 30)), ((3,), 64, (16, 16)), ((2,), 8, (32, 32)),
+                                        ((1, 2), 1, (16, 48))])
+def test_mul_iso_gaussian_channel_pass(device, dtype, C, batch, K, HW):
+    """Images with one std per batch element: gm_mul_iso_gaussian's one pass per component over its C <= 4
+    channels (C = 5 takes the per-channel loops), on 64-lane tiles (150 pixels: a partial tile) and on wide
+    tiles (pixels a multiple of 256), a zero-weight component and a NaN mean: that pixel's weights are all
+    NaN, every other output as the fallback's."""
+    _require_native(device)
+    case = GmCase(batch=batch, K=K, C=C, H=HW[0], W=HW[1], N=1, dtype=dtype)
+    means, logstds, logweights, samples = case.tensors(device)
+    if K > 2:
+        logweights = logweights.clone()
+        logweights[..., 1, :, :, :] = -float("inf")
+        logweights = torch.log_softmax(logweights.float(), dim=-4).to(dtype)
+    logstds = logstds[..., :1, :1, :1].expand(*logstds.shape[:-4], 1, 1, 1, 1)
+    g_mean = _data(case, "means", (C, *HW), 4, device)
+    g_var = _extra(case, "logstds", (1, *HW), 5, low=0.1, high=2.0, kind="uniform").to(dtype).to(device)
+    means = means.clone()
+    means.view(-1)[-1] = math.nan  # the last pixel of the last item, last component and channel
+    args = (means, logstds, logweights, g_mean, g_var, 1.0, 0.5, 1e-6)
+    out = torch.ops.gmflow.gm_mul_iso_gaussian(*args)
+    expected = _library.OPS["gm_mul_iso_gaussian"].fallback(*args)
+    nan_weights = torch.isnan(out[2])
+    assert nan_weights.sum() == K and nan_weights.view(-1, HW[0] * HW[1])[-1, -1]
+    assert torch.isnan(out[0]).sum() == 1
+    for a, e in zip(out, expected):
+        assert torch.equal(torch.isnan(a), torch.isnan(e))
+        keep = ~torch.isnan(e)
+        _close(a[keep], e[keep], dtype, factor=4.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("C", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("batch,K,HW", [((2,), 8, (5, 30)), ((3,), 64, (4, 4)), ((1, 2), 1, (8, 9))])

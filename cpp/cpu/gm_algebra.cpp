@@ -145,28 +145,65 @@ GMFLOW_ALWAYS_INLINE void mul_iso_items(const GmMulIsoGaussianParams<T>& prm, in
   }
 }
 
-template <typename T>
-GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t begin, int64_t end) {
+// Component k of a lane tile with one std per lane and C = kC: one pass over the lanes reads the
+// component's kC mean rows, writes its kC moved rows, and keeps the squared distance in a register
+// (a loop per channel would store and reload it). Writes the logits and updates their running max.
+template <int kC, int64_t kLanes, typename T, typename A>
+GMFLOW_ALWAYS_INLINE void mul_iso_component(const GmMulIsoGaussianParams<T>& prm, const LaneTile<5, kLanes>& L,
+                                            int64_t k, const A* GMFLOW_RESTRICT a, const A* GMFLOW_RESTRICT shift,
+                                            const A* GMFLOW_RESTRICT g_mean, const A* GMFLOW_RESTRICT half_r_inv_n,
+                                            A* copies, A* GMFLOW_RESTRICT logit, A* GMFLOW_RESTRICT max_value) {
+  const GmOperands<T>& gm = prm.gm;
+  const int64_t K = gm.K, P = gm.P;
+  const A* x[kC];
+  A* moved[kC];
+  for (int c = 0; c < kC; ++c) {
+    x[c] = gather_view(gm.means, L, 0, 1, k * gm.means_sk + c * gm.means_sc, copies + c * kLanes);
+    moved[c] = scatter_slot(prm.out_means, L, K * kC * P, (k * kC + c) * P, copies + (kC + c) * kLanes);
+  }
+  // One pointer and a channel stride each (the rows are in place or all copies): eight row
+  // pointers would not stay in registers through the loop.
+  const A* GMFLOW_RESTRICT x0 = x[0];
+  A* GMFLOW_RESTRICT moved0 = moved[0];
+  const int64_t x_sc = kC > 1 ? x[kC - 1] - x[kC - 2] : 0, moved_sc = kC > 1 ? moved[kC - 1] - moved[kC - 2] : 0;
+  const A* GMFLOW_RESTRICT lw = gather_view(gm.logweights, L, 2, 1, k * gm.logweights_sk, copies + 2 * kC * kLanes);
+#pragma omp simd
+  for (int64_t v = 0; v < kLanes; ++v) {
+    A q = A(0);
+    for (int c = 0; c < kC; ++c) {
+      const A xv = x0[c * x_sc + v];
+      moved0[c * moved_sc + v] = a[v] * xv + shift[c * kLanes + v];
+      const A d = xv - g_mean[c * kLanes + v];
+      q += d * d;
+    }
+    const A l = lw[v] - half_r_inv_n[v] * q;
+    logit[v] = l;
+    max_value[v] = l > max_value[v] || l != l ? l : max_value[v];  // NaN stays
+  }
+  for (int c = 0; c < kC; ++c) scatter_done(prm.out_means, L, K * kC * P, (k * kC + c) * P, moved[c]);
+}
+
+// Lane tiles of kLanes items (gm_lanes.h).
+template <int64_t kLanes, typename T>
+GMFLOW_SEPARATE_NEST void mul_iso_tiles(const GmMulIsoGaussianParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const GmOperands<T>& gm = prm.gm;
   const int64_t K = gm.K, C = gm.C, P = gm.P, Kl = gm.logstds_k, Po = prm.out_logstds_p;
-  if (P == 1 && single_pixel_items(gm)) {
-    return dispatch_packed_channels(C, true, [&]<int kC>() {
-      if constexpr (kC > 0) mul_iso_items<kC>(prm, begin, end);
-    });
-  }
   const bool per_component = Kl != 1;
   const A r = A(prm.ratio), eps = A(prm.eps);
   LaneStrides<5> st;
   const int64_t pixel[5] = {1, gm.logstds_sp, 1, 1, prm.gaussian_var_sp};
   for (int t = 0; t < 5; ++t) st.pixel[t] = pixel[t];
-  Scratch<A> scratch((C + K) * kLanes);
-  A* g_mean = scratch.get();            // [C][kLanes]
-  A* logits = g_mean + C * kLanes;      // [K][kLanes]
-  LaneTile<5> tile;
-  for_each_lane_tile(prm.layout, st, 1, P, begin, end, tile, [&](const LaneTile<5>& L) {
+  const bool fused_channels = !per_component && C >= 1 && C <= 4;
+  Scratch<A> scratch((C + K) * kLanes + (fused_channels ? (3 * C + 1) * kLanes : 0));
+  A* g_mean = scratch.get();        // [C][kLanes]
+  A* logits = g_mean + C * kLanes;  // [K][kLanes]
+  A* shift = logits + K * kLanes;   // fused channels: [C][kLanes] b m, then row copies
+  A* copies = shift + C * kLanes;
+  LaneTile<5, kLanes> tile;
+  for_each_lane_tile(prm.layout, st, 1, P, begin, end, tile, [&](const LaneTile<5, kLanes>& L) {
     A var_g[kLanes], half_log_var_g[kLanes], ls[kLanes], var[kLanes], n[kLanes], inv_n[kLanes], log_n[kLanes];
-    A a[kLanes], b[kLanes], q[kLanes];
+    A a[kLanes], b[kLanes], q[kLanes], half_r_inv_n[kLanes];
     A mu[kLanes], out[kLanes], max_value[kLanes], lw[kLanes];
     gather(prm.gaussian_var, L, 4, prm.gaussian_var_sp, 0, var_g);
 #pragma omp simd
@@ -175,7 +212,38 @@ GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t 
       max_value[v] = neg_infinity<A>();
     }
     for (int64_t c = 0; c < C; ++c) gather(prm.gaussian_mean, L, 3, 1, c * prm.gaussian_mean_sc, g_mean + c * kLanes);
-    for (int64_t k = 0; k < K; ++k) {
+    if (fused_channels) {  // one std per lane: the same factors for every component
+      gather(gm.logstds, L, 1, gm.logstds_sp, 0, ls);
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) {
+        const A var_v = fast_exp(A(2) * ls[v]);
+        const A n_v = clamp_min(var_g[v] + r * var_v, eps);
+        inv_n[v] = A(1) / n_v;
+        a[v] = var_g[v] * inv_n[v];
+        b[v] = r * var_v * inv_n[v];
+        half_r_inv_n[v] = A(0.5) * r * inv_n[v];
+        out[v] = ls[v] + half_log_var_g[v] - A(0.5) * fast_log(n_v);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        A* sh = shift + c * kLanes;
+        const A* m = g_mean + c * kLanes;
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) sh[v] = b[v] * m[v];
+      }
+      if (Po == P) {
+        scatter(prm.out_logstds, L, Po, 0, out);
+      } else {  // one std per batch element: written by the lane of pixel 0
+        for (int64_t v = 0; v < L.count; ++v)
+          if (L.p[v] == 0) store_acc(prm.out_logstds + L.row[v] * Po, out[v]);
+      }
+      dispatch_packed_channels(C, true, [&]<int kC>() {
+        if constexpr (kC > 0)
+          for (int64_t k = 0; k < K; ++k)
+            mul_iso_component<kC, kLanes>(prm, L, k, a, shift, g_mean, half_r_inv_n, copies, logits + k * kLanes,
+                                          max_value);
+      });
+    }
+    for (int64_t k = 0; k < K && !fused_channels; ++k) {
       if (k == 0 || per_component) {  // a shared std: the same factors for every component
         gather(gm.logstds, L, 1, gm.logstds_sp, per_component ? k * gm.logstds_sk : 0, ls);
 #pragma omp simd
@@ -227,8 +295,13 @@ GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t 
     for (int64_t v = 0; v < kLanes; ++v) sum[v] = A(0);
     for (int64_t k = 0; k < K; ++k) {
       const A* logit = logits + k * kLanes;
+      if (fused_channels) {  // its max keeps a NaN: exp_clamped's result for NaN and -inf cannot matter
 #pragma omp simd
-      for (int64_t v = 0; v < kLanes; ++v) sum[v] += fast_exp(logit[v] - max_value[v]);
+        for (int64_t v = 0; v < kLanes; ++v) sum[v] += exp_clamped(logit[v] - max_value[v]);
+      } else {
+#pragma omp simd
+        for (int64_t v = 0; v < kLanes; ++v) sum[v] += fast_exp(logit[v] - max_value[v]);
+      }
     }
 #pragma omp simd
     for (int64_t v = 0; v < kLanes; ++v) lse[v] = max_value[v] + fast_log(sum[v]);
@@ -239,6 +312,18 @@ GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t 
       scatter(prm.out_logweights, L, K * P, k * P, out);
     }
   });
+}
+
+template <typename T>
+GMFLOW_FLATTEN void mul_iso_range(const GmMulIsoGaussianParams<T>& prm, int64_t begin, int64_t end) {
+  const GmOperands<T>& gm = prm.gm;
+  if (gm.P == 1 && single_pixel_items(gm)) {
+    return dispatch_packed_channels(gm.C, true, [&]<int kC>() {
+      if constexpr (kC > 0) mul_iso_items<kC>(prm, begin, end);
+    });
+  }
+  if (wide_tiles(gm.P)) return mul_iso_tiles<kWideLanes>(prm, begin, end);
+  mul_iso_tiles<kLanes>(prm, begin, end);
 }
 
 // ------------------------------------------------------------------ gm_posterior_mean
@@ -752,8 +837,9 @@ struct OdeStep {
   A *nu, *inv, *dden, *extra;  // [C][kLanes], [Kl][kLanes] x 3
 };
 
-template <typename T, typename A>
-GMFLOW_ALWAYS_INLINE void ode_load_gm(const GmOdeEulerSubstepsParams<T>& prm, const LaneTile<5>& L, OdeGm<A>& g) {
+template <typename T, typename A, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE void ode_load_gm(const GmOdeEulerSubstepsParams<T>& prm, const LaneTile<5, kLanes>& L,
+                                      OdeGm<A>& g) {
   const GmOperands<T>& gm = prm.gm;
   for (int64_t k = 0; k < g.K; ++k) {
     A* m2 = g.m2 + k * kLanes;
@@ -929,7 +1015,7 @@ GMFLOW_ALWAYS_INLINE void ode_euler(int64_t C, const OdeStep<A>& st, const A* x0
 // the tile's GM rows, packed, stays in L1 across the sub-steps. The arithmetic is that of
 // ode_step_setup, ode_posterior_mean and ode_euler (the exp's polynomial in another order).
 // x: [C][kLanes], in and out; logits: K rows of kVecLanes; block_gm: K (kC + 2) rows of kVecLanes.
-template <int kC>
+template <int kC, int64_t kLanes>
 GMFLOW_ALWAYS_INLINE void ode_tile_shared_std(const OdeGm<float>& g, const float* sigmas, const float* x_src,
                                               int64_t S, float* x, float* logits, float* block_gm) {
   constexpr int64_t W = kVecLanes;
@@ -1011,10 +1097,11 @@ template <typename A>
 struct OdeScratch {
   Scratch<A> data;
   A* next;
-  explicit OdeScratch(int64_t n) : data(n), next(data.get()) {}
+  int64_t width;  // values per row: the tile's lanes
+  explicit OdeScratch(int64_t rows, int64_t lanes = kLanes) : data(rows * lanes), next(data.get()), width(lanes) {}
   A* take(int64_t rows) {
     A* p = next;
-    next += rows * kLanes;
+    next += rows * width;
     return p;
   }
 };
@@ -1042,13 +1129,39 @@ GMFLOW_ALWAYS_INLINE void ode_init(const GmOdeEulerSubstepsParams<T>& prm, OdeSc
 inline int64_t ode_rows(int64_t K, int64_t C, int64_t Kl, int64_t more) { return K * C + 3 * K + C + 4 * Kl + more; }
 
 // Loads the tile's GM, x_src [C] and sigmas [S + 1] (lane rows).
-template <typename T, typename A>
-GMFLOW_ALWAYS_INLINE void ode_load(const GmOdeEulerSubstepsParams<T>& prm, const LaneTile<5>& L, OdeGm<A>& g, A* x_src,
-                                   A* sigmas) {
+template <typename T, typename A, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE void ode_load(const GmOdeEulerSubstepsParams<T>& prm, const LaneTile<5, kLanes>& L, OdeGm<A>& g,
+                                   A* x_src, A* sigmas) {
   ode_load_gm(prm, L, g);
   for (int64_t c = 0; c < g.C; ++c) gather(prm.x_src, L, 3, 1, c * prm.x_src_sc, x_src + c * kLanes);
   for (int64_t j = 0; j <= prm.S; ++j) gather(prm.sigmas, L, 4, 0, j * prm.sigmas_sj, sigmas + j * kLanes);
 }
+
+#if GMFLOW_HAVE_VECF
+// ode_range's register-block path on tiles of kLanes lanes (wide tiles of contiguous pixels).
+template <int64_t kLanes, typename T>
+GMFLOW_SEPARATE_NEST void ode_tiles_shared_std(const GmOdeEulerSubstepsParams<T>& prm, int64_t begin, int64_t end) {
+  const int64_t K = prm.gm.K, C = prm.gm.C, P = prm.gm.P, S = prm.S;
+  OdeScratch<float> s(ode_rows(K, C, 1, K + K * (C + 2) + 3 * C + S + 1), kLanes);
+  OdeGm<float> g;
+  OdeStep<float> unused;
+  ode_init(prm, s, g, unused);
+  float* logits = s.take(K);
+  float* block_gm = s.take(K * (C + 2));
+  float* x_src = s.take(C);
+  float* x = s.take(C);
+  float* sigmas = s.take(S + 1);
+  LaneTile<5, kLanes> tile;
+  for_each_lane_tile(prm.layout, ode_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<5, kLanes>& L) {
+    ode_load(prm, L, g, x_src, sigmas);
+    for (int64_t i = 0; i < C * kLanes; ++i) x[i] = x_src[i];
+    dispatch_packed_channels(C, true, [&]<int kC>() {
+      if constexpr (kC > 0) ode_tile_shared_std<kC, kLanes>(g, sigmas, x_src, S, x, logits, block_gm);
+    });
+    for (int64_t c = 0; c < C; ++c) scatter(prm.out, L, C * P, c * P, x + c * kLanes);
+  });
+}
+#endif  // GMFLOW_HAVE_VECF
 
 template <typename T>
 GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t begin, int64_t end) {
@@ -1056,11 +1169,14 @@ GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t be
   const int64_t K = prm.gm.K, C = prm.gm.C, P = prm.gm.P, S = prm.S;
 #if GMFLOW_HAVE_VECF
   const bool register_blocks = std::is_same_v<A, float> && prm.gm.logstds_k == 1 && C <= 4;
+  if constexpr (std::is_same_v<A, float>) {
+    if (register_blocks && wide_tiles(P)) return ode_tiles_shared_std<kWideLanes>(prm, begin, end);
+  }
 #else
   const bool register_blocks = false;
 #endif
   const int64_t block_rows = register_blocks ? K * (C + 2) : 0;
-  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K + block_rows + 3 * C + S + 1) * kLanes);
+  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K + block_rows + 3 * C + S + 1));
   OdeGm<A> g;
   OdeStep<A> st;
   ode_init(prm, s, g, st);
@@ -1078,7 +1194,7 @@ GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t be
     if constexpr (std::is_same_v<A, float>) {
       if (register_blocks) {
         dispatch_packed_channels(C, true, [&]<int kC>() {
-          if constexpr (kC > 0) ode_tile_shared_std<kC>(g, sigmas, x_src, S, x, logits, block_gm);
+          if constexpr (kC > 0) ode_tile_shared_std<kC, kLanes>(g, sigmas, x_src, S, x, logits, block_gm);
         });
         for (int64_t c = 0; c < C; ++c) scatter(prm.out, L, C * P, c * P, x + c * kLanes);
         return;
@@ -1106,7 +1222,7 @@ GMFLOW_FLATTEN void ode_backward_range(const GmOdeEulerSubstepsBackwardParams<T>
   using A = acc_t<T>;
   const GmOdeEulerSubstepsParams<T>& fwd = prm.fwd;
   const int64_t K = fwd.gm.K, C = fwd.gm.C, P = fwd.gm.P, S = fwd.S, Kl = fwd.gm.logstds_k;
-  OdeScratch<A> s(ode_rows(K, C, Kl, 2 * K + K * C + Kl + 6 * C + S + 1 + S * (2 * C + 1)) * kLanes);
+  OdeScratch<A> s(ode_rows(K, C, Kl, 2 * K + K * C + Kl + 6 * C + S + 1 + S * (2 * C + 1)));
   OdeGm<A> g;
   OdeStep<A> st;
   ode_init(fwd, s, g, st);
@@ -1235,7 +1351,7 @@ GMFLOW_FLATTEN void ode_backward_range(const GmOdeEulerSubstepsBackwardParams<T>
 template <typename T>
 void gm_mul_iso_gaussian(const GmMulIsoGaussianParams<T>& prm, const ParallelFor& pf) {
   run_items(prm, prm.gm.batch * prm.gm.P, prm.gm.K * (prm.gm.C + 4), pf,
-            [](const auto& q, int64_t b, int64_t e) { mul_iso_range(q, b, e); });
+            [](const auto& q, int64_t b, int64_t e) { mul_iso_range(q, b, e); }, tile_items(prm.gm.P));
 }
 
 template <typename T>
@@ -1260,7 +1376,7 @@ void gm_sample(const GmSampleParams<T>& prm, const ParallelFor& pf) {
 template <typename T>
 void gm_ode_euler_substeps(const GmOdeEulerSubstepsParams<T>& prm, const ParallelFor& pf) {
   run_items(prm, prm.gm.batch * prm.gm.P, prm.S * prm.gm.K * (2 * prm.gm.C + 4), pf,
-            [](const auto& q, int64_t b, int64_t e) { ode_range(q, b, e); });
+            [](const auto& q, int64_t b, int64_t e) { ode_range(q, b, e); }, tile_items(prm.gm.P));
 }
 
 template <typename T>

@@ -22,9 +22,14 @@ namespace cpu {
 namespace GMFLOW_CPU_ISA {
 
 constexpr int64_t kLanes = 64;
+// Tiles of contiguous pixels read each operand row in runs of kWideLanes values: longer runs than
+// kLanes' 4 cache lines keep the hardware prefetcher ahead of the row passes. Gathered lanes (the
+// toy's batch elements) stay at kLanes: their row copies would outgrow L1.
+constexpr int64_t kWideLanes = 256;
 
-template <int kOps>
+template <int kOps, int64_t kWidth = kLanes>
 struct LaneTile {
+  static constexpr int64_t kLanes = kWidth;
   int64_t count = 0;
   bool contiguous = false;  // full tile of one (b, i) row with consecutive pixels
   int64_t row[kLanes];      // b * inner + i: the row of the op's contiguous outputs
@@ -41,10 +46,10 @@ struct LaneStrides {
 
 // Calls f(tile) for consecutive tiles covering the items [begin, end) of the flattened
 // (batch, inner, P) index space.
-template <int kOps, class F>
+template <int kOps, int64_t kLanes, class F>
 GMFLOW_ALWAYS_INLINE void for_each_lane_tile(const BatchLayout<kOps>& layout, const LaneStrides<kOps>& strides,
                                              int64_t inner, int64_t P, int64_t begin, int64_t end,
-                                             LaneTile<kOps>& tile, const F& f) {
+                                             LaneTile<kOps, kLanes>& tile, const F& f) {
   tile.count = 0;
   int64_t runs = 0;
   int64_t item = begin;
@@ -100,9 +105,9 @@ GMFLOW_ALWAYS_INLINE void for_each_lane_tile(const BatchLayout<kOps>& layout, co
 }
 
 // out[v] = value of operand t of lane v at element `extra` (k * sk + c * sc ...), for all lanes.
-template <typename T, typename A, int kOps>
-GMFLOW_ALWAYS_INLINE void gather(const T* base, const LaneTile<kOps>& tile, int t, int64_t pixel_stride, int64_t extra,
-                                 A* GMFLOW_RESTRICT out) {
+template <typename T, typename A, int kOps, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE void gather(const T* base, const LaneTile<kOps, kLanes>& tile, int t, int64_t pixel_stride,
+                                 int64_t extra, A* GMFLOW_RESTRICT out) {
   if (tile.contiguous && pixel_stride == 1) {
     const T* src = base + tile.off[t][0] + extra;
 #pragma omp simd
@@ -119,8 +124,8 @@ GMFLOW_ALWAYS_INLINE void gather(const T* base, const LaneTile<kOps>& tile, int 
 
 // Stores vals[v] of the first `count` lanes into a contiguous output of rows of `row_size`
 // elements (the op's batch-major layout), at element row * row_size + extra + p.
-template <typename T, typename A, int kOps>
-GMFLOW_ALWAYS_INLINE void scatter(T* base, const LaneTile<kOps>& tile, int64_t row_size, int64_t extra,
+template <typename T, typename A, int kOps, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE void scatter(T* base, const LaneTile<kOps, kLanes>& tile, int64_t row_size, int64_t extra,
                                   const A* GMFLOW_RESTRICT vals) {
   if (tile.contiguous) {
     T* dst = base + tile.row[0] * row_size + extra + tile.p[0];
@@ -133,9 +138,9 @@ GMFLOW_ALWAYS_INLINE void scatter(T* base, const LaneTile<kOps>& tile, int64_t r
 
 // The kLanes values gather() would copy: the operand itself when the tile is contiguous and
 // the values need no conversion, else `scratch`, filled by gather().
-template <typename T, typename A, int kOps>
-GMFLOW_ALWAYS_INLINE const A* gather_view(const T* base, const LaneTile<kOps>& tile, int t, int64_t pixel_stride,
-                                          int64_t extra, A* scratch) {
+template <typename T, typename A, int kOps, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE const A* gather_view(const T* base, const LaneTile<kOps, kLanes>& tile, int t,
+                                          int64_t pixel_stride, int64_t extra, A* scratch) {
   if constexpr (std::is_same_v<T, A>) {
     if (tile.contiguous && pixel_stride == 1) return base + tile.off[t][0] + extra;
   }
@@ -146,8 +151,8 @@ GMFLOW_ALWAYS_INLINE const A* gather_view(const T* base, const LaneTile<kOps>& t
 // Where to compute the kLanes values scatter() would store: the output itself when the tile
 // is contiguous and the values need no conversion, else `scratch`; scatter_done() then stores
 // `scratch` (and does nothing for the output itself).
-template <typename T, typename A, int kOps>
-GMFLOW_ALWAYS_INLINE A* scatter_slot(T* base, const LaneTile<kOps>& tile, int64_t row_size, int64_t extra,
+template <typename T, typename A, int kOps, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE A* scatter_slot(T* base, const LaneTile<kOps, kLanes>& tile, int64_t row_size, int64_t extra,
                                      A* scratch) {
   if constexpr (std::is_same_v<T, A>) {
     if (tile.contiguous) return base + tile.row[0] * row_size + extra + tile.p[0];
@@ -155,8 +160,8 @@ GMFLOW_ALWAYS_INLINE A* scatter_slot(T* base, const LaneTile<kOps>& tile, int64_
   return scratch;
 }
 
-template <typename T, typename A, int kOps>
-GMFLOW_ALWAYS_INLINE void scatter_done(T* base, const LaneTile<kOps>& tile, int64_t row_size, int64_t extra,
+template <typename T, typename A, int kOps, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE void scatter_done(T* base, const LaneTile<kOps, kLanes>& tile, int64_t row_size, int64_t extra,
                                        const A* vals) {
   if constexpr (std::is_same_v<T, A>) {
     if (tile.contiguous) return;
@@ -165,9 +170,9 @@ GMFLOW_ALWAYS_INLINE void scatter_done(T* base, const LaneTile<kOps>& tile, int6
 }
 
 // Loads row * row_size + extra + p of a contiguous (op-layout) tensor for every lane.
-template <typename T, typename A, int kOps>
-GMFLOW_ALWAYS_INLINE void gather_rows(const T* base, const LaneTile<kOps>& tile, int64_t row_size, int64_t extra,
-                                      A* GMFLOW_RESTRICT out) {
+template <typename T, typename A, int kOps, int64_t kLanes>
+GMFLOW_ALWAYS_INLINE void gather_rows(const T* base, const LaneTile<kOps, kLanes>& tile, int64_t row_size,
+                                      int64_t extra, A* GMFLOW_RESTRICT out) {
   if (tile.contiguous) {
     const T* src = base + tile.row[0] * row_size + extra + tile.p[0];
 #pragma omp simd
@@ -185,12 +190,18 @@ struct Scratch {
   A* get() { return data.data(); }
 };
 
-// Runs range(prm, begin, end) over [0, items) on the thread pool, in chunks of whole tiles.
+// Wide tiles for images whose rows of P pixels split into whole tiles of kWideLanes.
+GMFLOW_ALWAYS_INLINE bool wide_tiles(int64_t P) { return P % kWideLanes == 0; }
+GMFLOW_ALWAYS_INLINE int64_t tile_items(int64_t P) { return wide_tiles(P) ? kWideLanes : kLanes; }
+
+// Runs range(prm, begin, end) over [0, items) on the thread pool, in chunks of whole tiles of
+// `tile` items: a chunk boundary never splits a tile of contiguous pixels.
 template <class Params, class Range>
 void run_items(const Params& prm, int64_t items, int64_t work_per_item, const ParallelFor& parallel_for,
-               const Range& range) {
-  parallel_for(0, items, std::max<int64_t>(grain_for(work_per_item), kLanes),
-               [&](int64_t b, int64_t e) { range(prm, b, e); });
+               const Range& range, int64_t tile = kLanes) {
+  const int64_t tiles = (items + tile - 1) / tile;
+  parallel_for(0, tiles, grain_for(work_per_item * tile),
+               [&](int64_t b, int64_t e) { range(prm, b * tile, std::min(e * tile, items)); });
 }
 
 }  // namespace GMFLOW_CPU_ISA

@@ -14,6 +14,9 @@
 // On a kernel's per-range entry: inline everything it calls, lambdas included,
 // so the whole loop nest is optimised (and vectorised) as one function.
 #define GMFLOW_FLATTEN __attribute__((flatten))
+// A flattened loop nest of its own, kept out of its caller (which would grow past what GCC
+// allocates registers well for when it holds several such nests).
+#define GMFLOW_SEPARATE_NEST __attribute__((noinline, flatten))
 
 // The per-ISA kernel, named as in the table (defined in its cpp/cpu/<family>.cpp).
 #define GMFLOW_DECLARE_CPU_KERNEL(name, Params) \
