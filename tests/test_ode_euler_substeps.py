@@ -87,19 +87,7 @@ def test_register_block_path(dtype, C, K, batch, HW):
     """The CPU kernel's register-block path (one std per lane, fp32 arithmetic, C <= 4; C = 5 takes the
     general path) at the toy's K = 64 with partial lane tiles, at K = 1 and on images: the per-sub-step loop
     within 1e-5 (relative to the largest value) in float32, a zero-weight component included."""
-    gen = torch.Generator().manual_seed(C * 1000 + K)
-    means = torch.randn(*batch, K, C, *HW, generator=gen) * 2
-    logweights = torch.log_softmax(torch.randn(*batch, K, 1, *HW, generator=gen), dim=-4)
-    if K > 1:
-        logweights[..., 1, :, :, :] = -math.inf
-    gm = GaussianMixture(means.to(dtype), torch.full((*batch, 1, 1, 1, 1), -0.6).to(dtype), logweights.to(dtype))
-    x_src = torch.randn(*batch, C, *HW, generator=gen).to(dtype)
-    sigmas = _grid(batch, 16, 0.05, C, torch.float32)
-    fused = ops.gm_ode_euler_substeps(gm, x_src, sigmas=sigmas)
-    loop = _loop(gm, x_src, sigmas)
-    assert fused.dtype == dtype and torch.isfinite(fused).all()
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(fused.float(), loop.float(), rtol=0, atol=tol * _scale(loop.float()))
+    _check_against_loop(dtype, C, K, batch, HW, seed=C * 1000 + K, means_scale=2.0, final_sigma=0.05)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -110,13 +98,20 @@ def test_wide_tiles(dtype, C, K, batch, HW):
     pixels, 64-lane tiles): the per-sub-step loop within 1e-5 in float32. The sub-steps stop at sigma 0.3, as
     at 0.05 a few of these thousands of pixels sit where the posterior mean flips between components, and
     there any two fp32 summation orders differ by more."""
-    gen = torch.Generator().manual_seed(C * 100 + K)
-    means = torch.randn(*batch, K, C, *HW, generator=gen)
+    _check_against_loop(dtype, C, K, batch, HW, seed=C * 100 + K, means_scale=1.0, final_sigma=0.3)
+
+
+def _check_against_loop(dtype, C, K, batch, HW, seed, means_scale, final_sigma):
+    """One std per item, component 1 of zero weight (K > 1), 16 sub-steps down to final_sigma: the fused op
+    against the per-sub-step loop, within 1e-5 of the largest value in float32 (1e-2 in 16-bit)."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(*batch, K, C, *HW, generator=gen) * means_scale
     logweights = torch.log_softmax(torch.randn(*batch, K, 1, *HW, generator=gen), dim=-4)
-    logweights[..., 1, :, :, :] = -math.inf
+    if K > 1:
+        logweights[..., 1, :, :, :] = -math.inf
     gm = GaussianMixture(means.to(dtype), torch.full((*batch, 1, 1, 1, 1), -0.6).to(dtype), logweights.to(dtype))
     x_src = torch.randn(*batch, C, *HW, generator=gen).to(dtype)
-    sigmas = _grid(batch, 16, 0.3, C, torch.float32)
+    sigmas = _grid(batch, 16, final_sigma, C, torch.float32)
     fused = ops.gm_ode_euler_substeps(gm, x_src, sigmas=sigmas)
     loop = _loop(gm, x_src, sigmas)
     assert fused.dtype == dtype and torch.isfinite(fused).all()

@@ -318,6 +318,19 @@ def test_single_pixel_items(device, dtype, C, batch, K):
             _close(a, e, dtype, factor=4.0)
 
 
+def _shared_std_images(device, dtype, C, batch, K, HW):
+    """A case with one std per batch element and, for K > 2, component 1 of zero weight."""
+    _require_native(device)
+    case = GmCase(batch=batch, K=K, C=C, H=HW[0], W=HW[1], N=1, dtype=dtype)
+    means, logstds, logweights, samples = case.tensors(device)
+    if K > 2:
+        logweights = logweights.clone()
+        logweights[..., 1, :, :, :] = -float("inf")
+        logweights = torch.log_softmax(logweights.float(), dim=-4).to(dtype)
+    logstds = logstds[..., :1, :1, :1].expand(*logstds.shape[:-4], 1, 1, 1, 1)
+    return case, means, logstds, logweights, samples
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("C", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("batch,K,HW", [((2,), 8, (5, 30)), ((3,), 64, (16, 16)), ((2,), 8, (32, 32)),
@@ -327,14 +340,7 @@ def test_mul_iso_gaussian_channel_pass(device, dtype, C, batch, K, HW):
     channels (C = 5 takes the per-channel loops), on 64-lane tiles (150 pixels: a partial tile) and on wide
     tiles (pixels a multiple of 256), a zero-weight component and a NaN mean: that pixel's weights are all
     NaN, every other output as the fallback's."""
-    _require_native(device)
-    case = GmCase(batch=batch, K=K, C=C, H=HW[0], W=HW[1], N=1, dtype=dtype)
-    means, logstds, logweights, samples = case.tensors(device)
-    if K > 2:
-        logweights = logweights.clone()
-        logweights[..., 1, :, :, :] = -float("inf")
-        logweights = torch.log_softmax(logweights.float(), dim=-4).to(dtype)
-    logstds = logstds[..., :1, :1, :1].expand(*logstds.shape[:-4], 1, 1, 1, 1)
+    case, means, logstds, logweights, samples = _shared_std_images(device, dtype, C, batch, K, HW)
     g_mean = _data(case, "means", (C, *HW), 4, device)
     g_var = _extra(case, "logstds", (1, *HW), 5, low=0.1, high=2.0, kind="uniform").to(dtype).to(device)
     means = means.clone()
@@ -358,14 +364,7 @@ def test_posterior_mean_register_blocks(device, dtype, C, batch, K, HW):
     """Images with one std per batch element: gm_posterior_mean's lane tiles in register blocks (fp32
     arithmetic, C 1-4; C = 5 takes the general path), partial tiles (150 pixels), K = 64, a zero-weight
     component, against the fallback."""
-    _require_native(device)
-    case = GmCase(batch=batch, K=K, C=C, H=HW[0], W=HW[1], N=1, dtype=dtype)
-    means, logstds, logweights, samples = case.tensors(device)
-    if K > 2:
-        logweights = logweights.clone()
-        logweights[..., 1, :, :, :] = -float("inf")
-        logweights = torch.log_softmax(logweights.float(), dim=-4).to(dtype)
-    logstds = logstds[..., :1, :1, :1].expand(*logstds.shape[:-4], 1, 1, 1, 1)
+    case, means, logstds, logweights, samples = _shared_std_images(device, dtype, C, batch, K, HW)
     x_src, x_tgt = samples[..., 0, :, :, :], _data(case, "means", (C, *HW), 4, device)
     s_src = _extra(case, "logstds", (), 5, low=0.3, high=0.95, kind="uniform").to(_acc(dtype)).to(device)
     args = (means, logstds, logweights, x_src, x_tgt, s_src, s_src * 0.6, 1e-6)
