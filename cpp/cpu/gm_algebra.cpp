@@ -212,29 +212,35 @@ GMFLOW_SEPARATE_NEST void mul_iso_tiles(const GmMulIsoGaussianParams<T>& prm, in
       max_value[v] = neg_infinity<A>();
     }
     for (int64_t c = 0; c < C; ++c) gather(prm.gaussian_mean, L, 3, 1, c * prm.gaussian_mean_sc, g_mean + c * kLanes);
-    if (fused_channels) {  // one std per lane: the same factors for every component
-      gather(gm.logstds, L, 1, gm.logstds_sp, 0, ls);
+    // The factors of component k's std (the same for every k with a shared std), and its output std.
+    const auto std_factors = [&](int64_t k) {
+      gather(gm.logstds, L, 1, gm.logstds_sp, per_component ? k * gm.logstds_sk : 0, ls);
 #pragma omp simd
       for (int64_t v = 0; v < kLanes; ++v) {
-        const A var_v = fast_exp(A(2) * ls[v]);
-        const A n_v = clamp_min(var_g[v] + r * var_v, eps);
-        inv_n[v] = A(1) / n_v;
+        var[v] = fast_exp(A(2) * ls[v]);
+        n[v] = clamp_min(var_g[v] + r * var[v], eps);
+        inv_n[v] = A(1) / n[v];
         a[v] = var_g[v] * inv_n[v];
-        b[v] = r * var_v * inv_n[v];
-        half_r_inv_n[v] = A(0.5) * r * inv_n[v];
-        out[v] = ls[v] + half_log_var_g[v] - A(0.5) * fast_log(n_v);
+        b[v] = r * var[v] * inv_n[v];
+        log_n[v] = fast_log(n[v]);
+        out[v] = ls[v] + half_log_var_g[v] - A(0.5) * log_n[v];
       }
+      if (Po == P) {
+        scatter(prm.out_logstds, L, Kl * Po, k * Po, out);
+      } else {  // one std per (batch, k): written by the lane of pixel 0
+        for (int64_t v = 0; v < L.count; ++v)
+          if (L.p[v] == 0) store_acc(prm.out_logstds + L.row[v] * Kl * Po + k * Po, out[v]);
+      }
+    };
+    if (fused_channels) {  // one std per lane
+      std_factors(0);
+#pragma omp simd
+      for (int64_t v = 0; v < kLanes; ++v) half_r_inv_n[v] = A(0.5) * r * inv_n[v];
       for (int64_t c = 0; c < C; ++c) {
         A* sh = shift + c * kLanes;
         const A* m = g_mean + c * kLanes;
 #pragma omp simd
         for (int64_t v = 0; v < kLanes; ++v) sh[v] = b[v] * m[v];
-      }
-      if (Po == P) {
-        scatter(prm.out_logstds, L, Po, 0, out);
-      } else {  // one std per batch element: written by the lane of pixel 0
-        for (int64_t v = 0; v < L.count; ++v)
-          if (L.p[v] == 0) store_acc(prm.out_logstds + L.row[v] * Po, out[v]);
       }
       dispatch_packed_channels(C, true, [&]<int kC>() {
         if constexpr (kC > 0)
@@ -244,18 +250,7 @@ GMFLOW_SEPARATE_NEST void mul_iso_tiles(const GmMulIsoGaussianParams<T>& prm, in
       });
     }
     for (int64_t k = 0; k < K && !fused_channels; ++k) {
-      if (k == 0 || per_component) {  // a shared std: the same factors for every component
-        gather(gm.logstds, L, 1, gm.logstds_sp, per_component ? k * gm.logstds_sk : 0, ls);
-#pragma omp simd
-        for (int64_t v = 0; v < kLanes; ++v) {
-          var[v] = fast_exp(A(2) * ls[v]);
-          n[v] = clamp_min(var_g[v] + r * var[v], eps);
-          inv_n[v] = A(1) / n[v];
-          a[v] = var_g[v] * inv_n[v];
-          b[v] = r * var[v] * inv_n[v];
-          log_n[v] = fast_log(n[v]);
-        }
-      }
+      if (k < Kl) std_factors(k);  // a shared std: the same factors for every component
 #pragma omp simd
       for (int64_t v = 0; v < kLanes; ++v) q[v] = A(0);
       for (int64_t c = 0; c < C; ++c) {
@@ -280,15 +275,6 @@ GMFLOW_SEPARATE_NEST void mul_iso_tiles(const GmMulIsoGaussianParams<T>& prm, in
         l = per_component ? l - half_c * log_n[v] : l;
         logit[v] = l;
         max_value[v] = l > max_value[v] ? l : max_value[v];
-        out[v] = ls[v] + half_log_var_g[v] - A(0.5) * log_n[v];
-      }
-      if (k < Kl) {
-        if (Po == P) {
-          scatter(prm.out_logstds, L, Kl * Po, k * Po, out);
-        } else {  // one std per (batch, k): written by the lane of pixel 0
-          for (int64_t v = 0; v < L.count; ++v)
-            if (L.p[v] == 0) store_acc(prm.out_logstds + L.row[v] * Kl * Po + k * Po, out[v]);
-        }
       }
     }
     A sum[kLanes], lse[kLanes];
@@ -1138,7 +1124,7 @@ GMFLOW_ALWAYS_INLINE void ode_load(const GmOdeEulerSubstepsParams<T>& prm, const
 }
 
 #if GMFLOW_HAVE_VECF
-// ode_range's register-block path on tiles of kLanes lanes (wide tiles of contiguous pixels).
+// ode_range's register-block path (one std per lane, fp32, C <= 4) on tiles of kLanes lanes.
 template <int64_t kLanes, typename T>
 GMFLOW_SEPARATE_NEST void ode_tiles_shared_std(const GmOdeEulerSubstepsParams<T>& prm, int64_t begin, int64_t end) {
   const int64_t K = prm.gm.K, C = prm.gm.C, P = prm.gm.P, S = prm.S;
@@ -1168,20 +1154,17 @@ GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t be
   using A = acc_t<T>;
   const int64_t K = prm.gm.K, C = prm.gm.C, P = prm.gm.P, S = prm.S;
 #if GMFLOW_HAVE_VECF
-  const bool register_blocks = std::is_same_v<A, float> && prm.gm.logstds_k == 1 && C <= 4;
   if constexpr (std::is_same_v<A, float>) {
-    if (register_blocks && wide_tiles(P)) return ode_tiles_shared_std<kWideLanes>(prm, begin, end);
+    if (prm.gm.logstds_k == 1 && C <= 4)  // register blocks
+      return wide_tiles(P) ? ode_tiles_shared_std<kWideLanes>(prm, begin, end)
+                           : ode_tiles_shared_std<kLanes>(prm, begin, end);
   }
-#else
-  const bool register_blocks = false;
 #endif
-  const int64_t block_rows = register_blocks ? K * (C + 2) : 0;
-  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K + block_rows + 3 * C + S + 1));
+  OdeScratch<A> s(ode_rows(K, C, prm.gm.logstds_k, K + 3 * C + S + 1));
   OdeGm<A> g;
   OdeStep<A> st;
   ode_init(prm, s, g, st);
   A* logits = s.take(K);
-  A* block_gm = s.take(block_rows);
   A* x_src = s.take(C);
   A* x = s.take(C);
   A* x0 = s.take(C);
@@ -1190,17 +1173,6 @@ GMFLOW_FLATTEN void ode_range(const GmOdeEulerSubstepsParams<T>& prm, int64_t be
   for_each_lane_tile(prm.layout, ode_strides(prm), 1, P, begin, end, tile, [&](const LaneTile<5>& L) {
     ode_load(prm, L, g, x_src, sigmas);
     for (int64_t i = 0; i < C * kLanes; ++i) x[i] = x_src[i];
-#if GMFLOW_HAVE_VECF
-    if constexpr (std::is_same_v<A, float>) {
-      if (register_blocks) {
-        dispatch_packed_channels(C, true, [&]<int kC>() {
-          if constexpr (kC > 0) ode_tile_shared_std<kC, kLanes>(g, sigmas, x_src, S, x, logits, block_gm);
-        });
-        for (int64_t c = 0; c < C; ++c) scatter(prm.out, L, C * P, c * P, x + c * kLanes);
-        return;
-      }
-    }
-#endif
     for (int64_t j = 0; j < S; ++j) {
       ode_step_setup(g, sigmas, j, x, x_src, st);
       ode_posterior_mean(g, st, logits, x0, static_cast<A*>(nullptr));
