@@ -227,6 +227,53 @@ def test_logprob_pixel_tiles_at_edge_pixels(device, dtype, C, K, N, layout):
         assert (g[0, ..., 2, 3] == 0).all()  # the zero-weight pixel: no responsibility anywhere
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 3, 4])
+@pytest.mark.parametrize("mask", [[True, True, True, True], [True, False, False, False], [False, True, True, False],
+                                  [False, False, False, True], [True, True, False, True]])
+def test_logprob_backward_channel_pass_gradient_subsets(device, dtype, C, mask):
+    """The backward's one pass per component (full pixel tiles, one std per pixel, N = 1, C <= 4) with
+    any subset of the gradients requested: the requested ones as the reference's."""
+    _require_native(device)
+    case = GmCase(batch=(2,), K=8, C=C, H=16, W=16, N=1, dtype=dtype, logstd_layout="per_pixel")
+    means, logstds, logweights, samples = case.tensors(device)
+    out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(device, dtype)
+    grads = torch.ops.gmflow.gm_logprob_backward(grad, means, logstds, logweights, samples, out, mask)
+    expected = ref.gm_logprob_backward(grad, means, logstds, logweights, samples, out, mask)
+    for g, e, wanted in zip(grads, expected, mask):
+        if wanted:
+            _close(g, e, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 3, 4])
+@pytest.mark.parametrize("K", [1, 17, 64])
+@pytest.mark.parametrize("mask", [[True, True, True, True], [False, True, False, True], [True, False, True, False]])
+def test_logprob_backward_single_pixel_items(device, dtype, C, K, mask):
+    """The backward's single-pixel items (the toy's 1x1 images, one std per item, N = 1) in chunks of
+    16 (37 items: a partial chunk), with an item whose weights are all zero (zero gradients) and one
+    with a NaN mean (NaN where the reference has it), against the reference."""
+    _require_native(device)
+    means, logstds, logweights, samples = GmCase(batch=(37,), K=K, C=C, H=1, W=1, N=1, dtype=dtype).tensors(device)
+    logweights = logweights.clone()
+    logweights[3] = -float("inf")
+    means = means.clone()
+    means[20, K - 1, C - 1] = float("nan")
+    out = torch.ops.gmflow.gm_logprob(means, logstds, logweights, samples)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(device, dtype)
+    grads = torch.ops.gmflow.gm_logprob_backward(grad, means, logstds, logweights, samples, out, mask)
+    expected = ref.gm_logprob_backward(grad, means, logstds, logweights, samples, out, mask)
+    tol = tolerances(dtype)
+    for g, e, wanted in zip(grads, expected, mask):
+        if not wanted:
+            continue
+        assert torch.equal(torch.isnan(g), torch.isnan(e)) and torch.isnan(g[20]).any()
+        assert (g[3] == 0).all()
+        scale = max(1.0, e.nan_to_num(0.0).abs().max().item())
+        torch.testing.assert_close(g, e, equal_nan=True, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
 def test_zero_weight_component_gives_no_nan(device):
     """One logweight at -inf (others finite): finite log density and gradients (docs/testing.md#algebra-oracles)."""
     _require_native(device)

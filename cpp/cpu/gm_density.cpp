@@ -255,6 +255,71 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_tile(const GmLogprobBackwardParams<T>
   if (N == 0) zero_gm_grads(out, gm, p0, n_v);
 }
 
+// A full tile with one std per pixel, one sample per pixel (N == 1) and C = kC <= 4: one pass over
+// the lanes per component. Each lane's z, |z|^2 and responsibility stay in registers (the general
+// tile stores them in rows and reads x and mu twice); the samples' and the shared std's gradients
+// are summed over k in tile rows (the samples' only when requested: training never asks). The GM's
+// gradients not requested go to a scratch row, keeping the loop free of branches.
+template <int kC, int kWidth, bool kSamplesGrad, typename T>
+GMFLOW_SEPARATE_NEST void logprob_backward_tile_channels(const GmLogprobBackwardParams<T>& prm, const BatchGm<T>& g,
+                                                         const GradRows<T>& out, const int64_t (&off)[4], int64_t b,
+                                                         int64_t p0) {
+  using A = acc_t<T>;
+  const GmLogprobParams<T>& fwd = prm.fwd;
+  const GmOperands<T>& gm = fwd.gm;
+  const int64_t P = gm.P;
+  A inv_std[kWidth], norm[kWidth], lse[kWidth], grad[kWidth], g_logstd[kWidth], g_x[kC * kWidth];
+  T unused[(kC + 1) * kWidth];
+  tile_component_prior<kWidth>(gm, g, p0, kWidth, 0, inv_std, norm, lse);  // the std's factors (lse: scratch)
+  const int64_t row = b * P + p0;
+#pragma omp simd
+  for (int64_t v = 0; v < kWidth; ++v) {
+    lse[v] = load_acc(prm.logprob + row + v);
+    grad[v] = load_acc(prm.grad + row + v);
+    g_logstd[v] = A(0);
+  }
+  if constexpr (kSamplesGrad)
+    for (int64_t v = 0; v < kC * kWidth; ++v) g_x[v] = A(0);
+  const T* GMFLOW_RESTRICT x = fwd.samples + off[kSamples] + p0;
+  const int64_t x_sc = fwd.samples_sc, mu_sc = gm.means_sc;
+  const int64_t g_mu_sc = out.means ? P : kWidth;
+  for (int64_t k = 0; k < gm.K; ++k) {
+    const T* GMFLOW_RESTRICT mu = g.means + k * gm.means_sk + p0;
+    const T* GMFLOW_RESTRICT lw = g.logweights + k * gm.logweights_sk + p0;
+    T* GMFLOW_RESTRICT g_w = out.weights ? out.weights + k * P + p0 : unused;
+    T* GMFLOW_RESTRICT g_mu = out.means ? out.means + k * kC * P + p0 : unused + kWidth;
+#pragma omp simd
+    for (int64_t v = 0; v < kWidth; ++v) {
+      A z[kC], q = A(0);
+#pragma GCC unroll 4
+      for (int c = 0; c < kC; ++c) {
+        z[c] = (load_acc(x + c * x_sc + v) - load_acc(mu + c * mu_sc + v)) * inv_std[v];
+        q += z[c] * z[c];
+      }
+      const A r = responsibility(load_acc(lw + v) - norm[v] - A(0.5) * q, lse[v]) * grad[v];
+      store_acc(g_w + v, r);
+      const A r_inv = r * inv_std[v];
+#pragma GCC unroll 4
+      for (int c = 0; c < kC; ++c) {
+        const A w = r_inv * z[c];
+        store_acc(g_mu + c * g_mu_sc + v, w);
+        if constexpr (kSamplesGrad) g_x[c * kWidth + v] -= w;
+      }
+      g_logstd[v] += r * (q - A(kC));
+    }
+  }
+  if constexpr (kSamplesGrad) {
+    for (int c = 0; c < kC; ++c) {
+#pragma omp simd
+      for (int64_t v = 0; v < kWidth; ++v) store_acc(out.samples + c * P + p0 + v, g_x[c * kWidth + v]);
+    }
+  }
+  if (out.logstds) {
+#pragma omp simd
+    for (int64_t v = 0; v < kWidth; ++v) store_acc(out.logstds + p0 + v, g_logstd[v]);
+  }
+}
+
 template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<T>& prm, const BatchGm<T>& g,
                                                   const GradRows<T>& out, const int64_t (&off)[4], int64_t b,
@@ -336,15 +401,103 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
   if (N == 0) zero_gm_grads(out, gm, p, 1);
 }
 
+// Single-pixel images with one sample per item (the toy), in chunks of kItems items as the forward:
+// 1/s and log s vectorised over the chunk, one pass over an item's components that writes their
+// gradients, the std's and samples' gradients summed with log-depth partial sums.
+template <int kC, typename T>
+GMFLOW_ALWAYS_INLINE void logprob_backward_items(const GmLogprobBackwardParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmLogprobParams<T>& fwd = prm.fwd;
+  const GmOperands<T>& gm = fwd.gm;
+  const int64_t K = gm.K;
+  const A half_c_log2pi = A(0.5 * kLog2Pi) * A(kC);
+  // The means' gradient is computed in place for a full-precision output, else in w_scratch.
+  constexpr bool kInPlace = std::is_same_v<T, A>;
+  A w_scratch[kBlock * kC], std_term[kBlock];
+  T unused[kBlock];
+  for (int64_t i0 = begin; i0 < end; i0 += kItems) {
+    const int64_t count = std::min(kItems, end - i0);
+    A log_std[kItems] = {}, inv_std[kItems], norm[kItems];
+    int64_t off[kItems][4];
+    for (int64_t i = 0; i < count; ++i) {
+      fwd.layout.offsets(i0 + i, off[i]);
+      log_std[i] = load_acc(gm.logstds + off[i][kLogstds]);
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kItems; ++i) {
+      inv_std[i] = fast_exp(-log_std[i]);
+      norm[i] = A(kC) * log_std[i] + half_c_log2pi;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t b = i0 + i;
+      const BatchGm<T> g = BatchGm<T>::at(gm, off[i]);
+      const GradRows<T> out = grad_rows(prm, b);
+      const T* x = fwd.samples + off[i][kSamples];
+      A xs[kC];
+      for (int c = 0; c < kC; ++c) xs[c] = load_acc(x + c * fwd.samples_sc);
+      const A lse = load_acc(prm.logprob + b), grad = load_acc(prm.grad + b), inv = inv_std[i], nrm = norm[i];
+      A* GMFLOW_RESTRICT w = kInPlace && out.means ? reinterpret_cast<A*>(out.means) : w_scratch;
+      T* GMFLOW_RESTRICT g_w = out.weights ? out.weights : unused;
+      const T* GMFLOW_RESTRICT mu = g.means;
+      // An all-zero-weight item (lse = -inf) has every a = -inf: exp(a - 0) * 0 = 0. Done here, not by
+      // responsibility() in the loop, whose select on an invariant kept GCC from vectorising it.
+      const bool empty = lse == neg_infinity<A>();
+      const A shift = empty ? A(0) : lse, scale = empty ? A(0) : grad;
+      with_unit_stride(gm.logweights_sk, [&](auto sk) {
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) {
+          A q = A(0);
+#pragma GCC unroll 4
+          for (int64_t c = 0; c < kC; ++c) {
+            const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv;
+            q += z * z;
+          }
+          const A r = fast_exp(load_acc(g.logweights + j * sk) - nrm - A(0.5) * q - shift) * scale;
+          store_acc(g_w + j, r);
+          std_term[j] = r * (q - A(kC));
+          const A r_inv2 = r * inv * inv;
+#pragma GCC unroll 4
+          for (int64_t c = 0; c < kC; ++c) w[j * kC + c] = r_inv2 * (xs[c] - load_acc(mu + j * kC + c));
+        }
+      });
+      if (!kInPlace && out.means) put_row(out.means, w_scratch, K * kC, false);
+      if (out.samples) {
+        A g_x[kC];
+        sum_parts_channels<kC>(K, [&](int64_t j, int c) { return w[j * kC + c]; }, g_x);
+        for (int c = 0; c < kC; ++c) store_acc(out.samples + c, -g_x[c]);
+      }
+      if (out.logstds) store_acc(out.logstds, sum_parts<A>(K, [&](int64_t j) { return std_term[j]; }));
+    }
+  }
+}
+
 template <typename T>
 GMFLOW_FLATTEN void logprob_backward_range(const GmLogprobBackwardParams<T>& prm, int64_t begin, int64_t end) {
   const GmOperands<T>& gm = prm.fwd.gm;
+  if (prm.fwd.N == 1 && single_pixel_items(gm)) {
+    return dispatch_packed_channels(gm.C, true, [&]<int kC>() {
+      if constexpr (kC > 0) logprob_backward_items<kC>(prm, begin, end);
+    });
+  }
   for_each_pixel_run(prm.fwd.layout, 1, gm.P, begin, end,
                      [&](int64_t b, int64_t, int64_t p_begin, int64_t p_end, const int64_t(&off)[4]) {
                        const BatchGm<T> g = BatchGm<T>::at(gm, off);
                        const GradRows<T> out = grad_rows(prm, b);
                        if (gm.P >= kMinTilePixels) {
+                         const bool fused_channels =
+                             prm.fwd.N == 1 && gm.logstds_k == 1 && gm.C >= 1 && gm.C <= 4;
                          for_each_tile(p_begin, p_end, [&]<int kWidth>(int64_t p0, int64_t count) {
+                           if constexpr (kWidth > 0) {
+                             if (fused_channels) {
+                               return dispatch_packed_channels(gm.C, true, [&]<int kC>() {
+                                 if constexpr (kC > 0) {
+                                   if (out.samples)
+                                     return logprob_backward_tile_channels<kC, kWidth, true>(prm, g, out, off, b, p0);
+                                   logprob_backward_tile_channels<kC, kWidth, false>(prm, g, out, off, b, p0);
+                                 }
+                               });
+                             }
+                           }
                            logprob_backward_tile<kWidth>(prm, g, out, off, b, p0, count);
                          });
                        } else {
