@@ -41,6 +41,9 @@ GMFLOW_ALWAYS_INLINE void put_row(T* GMFLOW_RESTRICT dst, const A* GMFLOW_RESTRI
 // ------------------------------------------------------------------ forward
 
 constexpr int64_t kTileLogitRows = 16;  // K up to this: the pixel tiles' two-pass logsumexp
+// The single-pixel items' one-pass sum of exps: below this its terms may have lost precision.
+template <typename A>
+constexpr A kMinOnePassSum = A(1e-25);
 
 template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
@@ -70,6 +73,24 @@ GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t b
       for (int64_t c = 0; c < kC; ++c) xs[c] = load_acc(x[i] + c * prm.samples_sc);
       const A norm = A(kC) * log_std[i] + half_c_log2pi, inv = inv_std[i];
       const T* mu = means[i];
+      const bool done = with_unit_stride(gm.logweights_sk, [&](auto sk) {
+        // One pass: the largest log weight bounds every logit + norm (|z|^2 >= 0), so each term
+        // exp(logweight - shift - |z|^2 / 2) is at most 1 and the logits need not be stored. A sum
+        // too small for full precision (or NaN) takes the two passes below.
+        const A shift = max_parts<A>(gm.K, [&](int64_t j) { return load_acc(logweights[i] + j * sk); });
+        const A sum = sum_parts<A>(gm.K, [&](int64_t j) {
+          A q = A(0);
+          for (int64_t c = 0; c < kC; ++c) {
+            const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv;
+            q += z * z;
+          }
+          return fast_exp(load_acc(logweights[i] + j * sk) - shift - A(0.5) * q);
+        });
+        block_max[i] = shift - norm;
+        block_sum[i] = sum;
+        return sum >= kMinOnePassSum<A>;
+      });
+      if (done) continue;
       with_unit_stride(gm.logweights_sk, [&](auto sk) {
 #pragma omp simd
         for (int64_t j = 0; j < gm.K; ++j) {

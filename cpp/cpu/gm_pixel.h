@@ -255,14 +255,11 @@ GMFLOW_ALWAYS_INLINE void block_logsumexp(const A* GMFLOW_RESTRICT a, int64_t co
   block_sum = sum_parts<A>(count, [&](int64_t j) { return a[j] == neg_infinity<A>() ? A(0) : fast_exp(a[j] - m); });
 }
 
-// Calls f(stride) with a compile-time 1 when stride == 1, so loops over it vectorise.
+// Returns f(stride), called with a compile-time 1 when stride == 1, so loops over it vectorise.
 template <class F>
-GMFLOW_ALWAYS_INLINE void with_unit_stride(int64_t stride, const F& f) {
-  if (stride == 1) {
-    f(std::integral_constant<int64_t, 1>{});
-  } else {
-    f(stride);
-  }
+GMFLOW_ALWAYS_INLINE auto with_unit_stride(int64_t stride, const F& f) {
+  if (stride == 1) return f(std::integral_constant<int64_t, 1>{});
+  return f(stride);
 }
 
 // Calls f(kC) with the compile-time channel count of the packed order (0 = generic).
