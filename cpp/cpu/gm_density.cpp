@@ -423,7 +423,7 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_packed(const GmLogprobBackwardParams<
 }
 
 // Single-pixel images with one sample per item (the toy), in chunks of kItems items as the forward:
-// 1/s and log s vectorised over the chunk, one pass over an item's components that writes their
+// 1/s and the normaliser vectorised over the chunk, one pass over an item's components that writes their
 // gradients, the std's and samples' gradients summed with log-depth partial sums.
 template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void logprob_backward_items(const GmLogprobBackwardParams<T>& prm, int64_t begin, int64_t end) {
@@ -460,10 +460,10 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_items(const GmLogprobBackwardParams<T
       A* GMFLOW_RESTRICT w = kInPlace && out.means ? reinterpret_cast<A*>(out.means) : w_scratch;
       T* GMFLOW_RESTRICT g_w = out.weights ? out.weights : unused;
       const T* GMFLOW_RESTRICT mu = g.means;
-      // An all-zero-weight item (lse = -inf) has every a = -inf: exp(a - 0) * 0 = 0. Done here, not by
-      // responsibility() in the loop, whose select on an invariant kept GCC from vectorising it.
+      // An all-zero-weight item (lse = -inf) gets exp(a - inf) * 0 = 0 for every component. Done here,
+      // not by responsibility() in the loop, whose select on an invariant kept GCC from vectorising it.
       const bool empty = lse == neg_infinity<A>();
-      const A shift = empty ? A(0) : lse, scale = empty ? A(0) : grad;
+      const A shift = empty ? -neg_infinity<A>() : lse, scale = empty ? A(0) : grad;
       with_unit_stride(gm.logweights_sk, [&](auto sk) {
 #pragma omp simd
         for (int64_t j = 0; j < K; ++j) {
