@@ -45,46 +45,68 @@ constexpr int64_t kTileLogitRows = 16;  // K up to this: the pixel tiles' two-pa
 template <typename A>
 constexpr A kMinOnePassSum = A(1e-25);
 
+// A chunk of up to kItems single-pixel items (b, n) of gm_logprob: each item's operands, and 1/s and
+// the normaliser C log s + C/2 log 2pi computed vectorised over the chunk.
 template <int kC, typename T>
-GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
+struct LogprobItemChunk {
   using A = acc_t<T>;
-  const GmOperands<T>& gm = prm.gm;
-  const A half_c_log2pi = A(0.5 * kLog2Pi) * A(kC);
-  for (int64_t i0 = begin; i0 < end; i0 += kItems) {
-    const int64_t count = std::min(kItems, end - i0);
-    A log_std[kItems] = {}, inv_std[kItems], block_max[kItems], block_sum[kItems], out[kItems];
-    const T* means[kItems];
-    const T* logweights[kItems];
-    const T* x[kItems];
+  BatchGm<T> gm[kItems];
+  const T* x[kItems];
+  A inv_std[kItems], norm[kItems];
+
+  GMFLOW_ALWAYS_INLINE LogprobItemChunk(const GmLogprobParams<T>& prm, int64_t i0, int64_t count) {
+    A log_std[kItems] = {};
     for (int64_t i = 0; i < count; ++i) {
       const int64_t b = (i0 + i) / prm.N, n = (i0 + i) - b * prm.N;
       int64_t off[4];
       prm.layout.offsets(b, off);
-      const BatchGm<T> g = BatchGm<T>::at(gm, off);
-      log_std[i] = load_acc(g.logstds);
-      means[i] = g.means;
-      logweights[i] = g.logweights;
+      gm[i] = BatchGm<T>::at(prm.gm, off);
+      log_std[i] = load_acc(gm[i].logstds);
       x[i] = prm.samples + off[kSamples] + n * prm.samples_sn;
     }
+    const A half_c_log2pi = A(0.5 * kLog2Pi) * A(kC);
 #pragma omp simd
-    for (int64_t i = 0; i < kItems; ++i) inv_std[i] = fast_exp(-log_std[i]);
+    for (int64_t i = 0; i < kItems; ++i) {
+      inv_std[i] = fast_exp(-log_std[i]);
+      norm[i] = A(kC) * log_std[i] + half_c_log2pi;
+    }
+  }
+};
+
+// |x - mu|^2 / s^2 for one component of packed (k, c) means (mu: its kC values).
+template <int kC, typename T, typename A>
+GMFLOW_ALWAYS_INLINE A packed_sq_distance(const A (&xs)[kC], const T* mu, A inv_std) {
+  A q = A(0);
+#pragma GCC unroll 4
+  for (int c = 0; c < kC; ++c) {
+    const A z = (xs[c] - load_acc(mu + c)) * inv_std;
+    q += z * z;
+  }
+  return q;
+}
+
+template <int kC, typename T>
+GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const GmOperands<T>& gm = prm.gm;
+  for (int64_t i0 = begin; i0 < end; i0 += kItems) {
+    const int64_t count = std::min(kItems, end - i0);
+    const LogprobItemChunk<kC, T> chunk(prm, i0, count);
+    A block_max[kItems], block_sum[kItems], out[kItems];
     for (int64_t i = 0; i < count; ++i) {
       A xs[kC], a[kBlock];
-      for (int64_t c = 0; c < kC; ++c) xs[c] = load_acc(x[i] + c * prm.samples_sc);
-      const A norm = A(kC) * log_std[i] + half_c_log2pi, inv = inv_std[i];
-      const T* mu = means[i];
+      for (int64_t c = 0; c < kC; ++c) xs[c] = load_acc(chunk.x[i] + c * prm.samples_sc);
+      const A norm = chunk.norm[i], inv = chunk.inv_std[i];
+      const T* mu = chunk.gm[i].means;
+      const T* logweights = chunk.gm[i].logweights;
       const bool done = with_unit_stride(gm.logweights_sk, [&](auto sk) {
         // One pass: the largest log weight bounds every logit + norm (|z|^2 >= 0), so each term
         // exp(logweight - shift - |z|^2 / 2) is at most 1 and the logits need not be stored. A sum
         // too small for full precision (or NaN) takes the two passes below.
-        const A shift = max_parts<A>(gm.K, [&](int64_t j) { return load_acc(logweights[i] + j * sk); });
+        const A shift = max_parts<A>(gm.K, [&](int64_t j) { return load_acc(logweights + j * sk); });
         const A sum = sum_parts<A>(gm.K, [&](int64_t j) {
-          A q = A(0);
-          for (int64_t c = 0; c < kC; ++c) {
-            const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv;
-            q += z * z;
-          }
-          return fast_exp(load_acc(logweights[i] + j * sk) - shift - A(0.5) * q);
+          const A q = packed_sq_distance<kC>(xs, mu + j * kC, inv);
+          return fast_exp(load_acc(logweights + j * sk) - shift - A(0.5) * q);
         });
         block_max[i] = shift - norm;
         block_sum[i] = sum;
@@ -93,17 +115,12 @@ GMFLOW_ALWAYS_INLINE void logprob_items(const GmLogprobParams<T>& prm, int64_t b
       if (done) continue;
       with_unit_stride(gm.logweights_sk, [&](auto sk) {
 #pragma omp simd
-        for (int64_t j = 0; j < gm.K; ++j) {
-          A q = A(0);
-          for (int64_t c = 0; c < kC; ++c) {
-            const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv;
-            q += z * z;
-          }
-          a[j] = load_acc(logweights[i] + j * sk) - norm - A(0.5) * q;
-        }
+        for (int64_t j = 0; j < gm.K; ++j)
+          a[j] = load_acc(logweights + j * sk) - norm - A(0.5) * packed_sq_distance<kC>(xs, mu + j * kC, inv);
       });
       block_logsumexp(a, gm.K, block_max[i], block_sum[i]);
     }
+    for (int64_t i = count; i < kItems; ++i) block_max[i] = block_sum[i] = A(0);  // unused lanes, defined
 #pragma omp simd
     for (int64_t i = 0; i < kItems; ++i) out[i] = lse_result(block_max[i], block_sum[i]);
     for (int64_t i = 0; i < count; ++i) store_acc(prm.logprob + i0 + i, out[i]);
@@ -429,34 +446,22 @@ template <int kC, typename T>
 GMFLOW_ALWAYS_INLINE void logprob_backward_items(const GmLogprobBackwardParams<T>& prm, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   const GmLogprobParams<T>& fwd = prm.fwd;
-  const GmOperands<T>& gm = fwd.gm;
-  const int64_t K = gm.K;
-  const A half_c_log2pi = A(0.5 * kLog2Pi) * A(kC);
+  const int64_t K = fwd.gm.K;
   // The means' gradient is computed in place for a full-precision output, else in w_scratch.
   constexpr bool kInPlace = std::is_same_v<T, A>;
   A w_scratch[kBlock * kC], std_term[kBlock];
   T unused[kBlock];
   for (int64_t i0 = begin; i0 < end; i0 += kItems) {
     const int64_t count = std::min(kItems, end - i0);
-    A log_std[kItems] = {}, inv_std[kItems], norm[kItems];
-    int64_t off[kItems][4];
-    for (int64_t i = 0; i < count; ++i) {
-      fwd.layout.offsets(i0 + i, off[i]);
-      log_std[i] = load_acc(gm.logstds + off[i][kLogstds]);
-    }
-#pragma omp simd
-    for (int64_t i = 0; i < kItems; ++i) {
-      inv_std[i] = fast_exp(-log_std[i]);
-      norm[i] = A(kC) * log_std[i] + half_c_log2pi;
-    }
+    const LogprobItemChunk<kC, T> chunk(fwd, i0, count);  // N == 1: item i0 + i is batch index b
     for (int64_t i = 0; i < count; ++i) {
       const int64_t b = i0 + i;
-      const BatchGm<T> g = BatchGm<T>::at(gm, off[i]);
+      const BatchGm<T>& g = chunk.gm[i];
       const GradRows<T> out = grad_rows(prm, b);
-      const T* x = fwd.samples + off[i][kSamples];
       A xs[kC];
-      for (int c = 0; c < kC; ++c) xs[c] = load_acc(x + c * fwd.samples_sc);
-      const A lse = load_acc(prm.logprob + b), grad = load_acc(prm.grad + b), inv = inv_std[i], nrm = norm[i];
+      for (int c = 0; c < kC; ++c) xs[c] = load_acc(chunk.x[i] + c * fwd.samples_sc);
+      const A lse = load_acc(prm.logprob + b), grad = load_acc(prm.grad + b);
+      const A inv = chunk.inv_std[i], nrm = chunk.norm[i];
       A* GMFLOW_RESTRICT w = kInPlace && out.means ? reinterpret_cast<A*>(out.means) : w_scratch;
       T* GMFLOW_RESTRICT g_w = out.weights ? out.weights : unused;
       const T* GMFLOW_RESTRICT mu = g.means;
@@ -464,15 +469,10 @@ GMFLOW_ALWAYS_INLINE void logprob_backward_items(const GmLogprobBackwardParams<T
       // not by responsibility() in the loop, whose select on an invariant kept GCC from vectorising it.
       const bool empty = lse == neg_infinity<A>();
       const A shift = empty ? -neg_infinity<A>() : lse, scale = empty ? A(0) : grad;
-      with_unit_stride(gm.logweights_sk, [&](auto sk) {
+      with_unit_stride(fwd.gm.logweights_sk, [&](auto sk) {
 #pragma omp simd
         for (int64_t j = 0; j < K; ++j) {
-          A q = A(0);
-#pragma GCC unroll 4
-          for (int64_t c = 0; c < kC; ++c) {
-            const A z = (xs[c] - load_acc(mu + j * kC + c)) * inv;
-            q += z * z;
-          }
+          const A q = packed_sq_distance<kC>(xs, mu + j * kC, inv);
           const A r = fast_exp(load_acc(g.logweights + j * sk) - nrm - A(0.5) * q - shift) * scale;
           store_acc(g_w + j, r);
           std_term[j] = r * (q - A(kC));
